@@ -1,0 +1,5 @@
+import sys
+
+from stablesr.cli.main import main
+
+sys.exit(main())

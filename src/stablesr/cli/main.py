@@ -1,0 +1,58 @@
+"""`stablesr` entry point: a literal table of subcommands, each a module with `add_arguments` and `run`.
+
+Subcommand modules keep their top-level imports light (argparse only) so `--help` is instant;
+they import torch and the library inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "upscale": ("stablesr.cli.upscale", "Super-resolve images or folders."),
+    "convert": ("stablesr.cli.convert", "Convert official checkpoints into a pipeline folder."),
+    "bench": ("stablesr.cli.bench", "Measure speed and peak memory of the models."),
+    "degrade": ("stablesr.cli.degrade", "Synthesise LR/HR pairs with a degradation preset."),
+    "evaluate": ("stablesr.cli.evaluate", "Compute image quality metrics."),
+    "train": ("stablesr.cli.train", "Train a model from a YAML config."),
+    "generate-cfw-data": ("stablesr.cli.generate_cfw_data", "Build the CFW training set."),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    parser = argparse.ArgumentParser(prog="stablesr", description="Diffusion-prior image super-resolution.")
+    from stablesr import __version__
+
+    parser.add_argument("--version", action="version", version=f"stablesr {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub)
+        modules[name] = module
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

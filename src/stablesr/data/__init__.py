@@ -1,0 +1,1 @@
+"""Degradation synthesis and datasets."""

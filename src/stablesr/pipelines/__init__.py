@@ -1,0 +1,1 @@
+"""End-to-end pipelines: one readable `__call__` each."""

@@ -1,0 +1,1 @@
+"""Checkpoint loading: safe file reading, official key maps, `convert`, shipped configs."""
