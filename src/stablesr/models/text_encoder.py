@@ -1,0 +1,126 @@
+"""OpenCLIP text tower as Stable Diffusion 2.x uses it, and the cached prompt embeddings.
+
+SD 2.x conditions on the *penultimate* layer of OpenCLIP ViT-H/14's text transformer followed by
+`ln_final` (Radford et al. 2021, https://arxiv.org/abs/2103.00020; Cherti et al. 2023,
+https://arxiv.org/abs/2212.07143). StableSR always uses the empty prompt, so the (1, 77, 1024)
+embedding of '' is computed once (at `convert` time) and cached in `PromptEmbeddings`; the text
+tower is only needed for custom prompts.
+
+Parameter names follow the official checkpoint (`cond_stage_model.model.*` minus the prefix), so
+those weights load without renaming.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+START_TOKEN = 49406
+END_TOKEN = 49407
+
+# The strings of the official DDIM scripts (`--use_negative_prompt`, `--use_posi_prompt`), passed
+# literally to OpenCLIP (no A1111 weight parsing).
+OFFICIAL_NEGATIVE_PROMPT = "3d, cartoon, anime, sketches, (worst quality:2), (low quality:2)"
+OFFICIAL_POSITIVE_PROMPT = "(masterpiece:2), (best quality:2), (realistic:2), (very clear:2)"
+
+
+def empty_prompt_tokens(context_length: int = 77) -> torch.Tensor:
+    """OpenCLIP token ids of '' : [start, end, 0, 0, ...] -> (1, context_length) int64 (no vocabulary needed)."""
+    tokens = torch.zeros(1, context_length, dtype=torch.long)
+    tokens[0, 0], tokens[0, 1] = START_TOKEN, END_TOKEN
+    return tokens
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(width, hidden)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); causal mask."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = MLP(width, int(width * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, causal_mask: torch.Tensor) -> torch.Tensor:
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False, attn_mask=causal_mask)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class TransformerStack(nn.Module):
+    def __init__(self, width: int, layers: int, heads: int) -> None:
+        super().__init__()
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
+
+
+class OpenCLIPTextEncoder(ModelMixin, ConfigMixin):
+    """OpenCLIP text transformer; returns the hidden states of layer `layers - skip_last_layers`, then ln_final.
+
+    forward: token ids (B, L) int64 -> (B, L, width). SD 2.x: width 1024, 24 layers, 16 heads, skip 1.
+    """
+
+    @register_to_config
+    def __init__(self, *, vocab_size: int = 49408, context_length: int = 77, width: int = 1024, layers: int = 24,
+                 heads: int = 16, embed_dim: int = 1024, skip_last_layers: int = 1) -> None:
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, width).normal_(std=0.01))
+        self.transformer = TransformerStack(width, layers, heads)
+        self.ln_final = nn.LayerNorm(width)
+        # Kept so the official weights load strictly; unused for SD conditioning.
+        self.text_projection = nn.Parameter(torch.empty(width, embed_dim).normal_(std=width**-0.5))
+        self.logit_scale = nn.Parameter(torch.tensor(4.6052))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        length = tokens.shape[1]
+        x = self.token_embedding(tokens) + self.positional_embedding[:length]  # (B, L, width)
+        causal_mask = torch.full((length, length), float("-inf"), device=x.device, dtype=x.dtype).triu_(1)
+        used = len(self.transformer.resblocks) - self.config.skip_last_layers
+        for block in self.transformer.resblocks[:used]:
+            x = block(x, causal_mask)
+        return self.ln_final(x)
+
+
+class PromptEmbeddings(ModelMixin, ConfigMixin):
+    """Cached text embeddings, saved beside the weights: `null` ('' , always), and optionally
+    `negative` / `positive` (the official DDIM-script prompts, when a tokenizer was available).
+
+    Each buffer is (1, 77, D). `prompts` in the config records the text of every entry.
+    """
+
+    @register_to_config
+    def __init__(self, *, prompts: dict[str, str] | None = None, context_length: int = 77, embed_dim: int = 1024) -> None:
+        super().__init__()
+        for name in (prompts or {"null": ""}):
+            self.register_buffer(name, torch.zeros(1, context_length, embed_dim))
+
+    @classmethod
+    def from_tensors(cls, embeddings: dict[str, torch.Tensor], prompts: dict[str, str]) -> "PromptEmbeddings":
+        first = next(iter(embeddings.values()))
+        module = cls(prompts=prompts, context_length=first.shape[1], embed_dim=first.shape[2])
+        for name, value in embeddings.items():
+            getattr(module, name).copy_(value)
+        return module
+
+    def get(self, name: str) -> torch.Tensor | None:
+        return getattr(self, name) if name in self.config.prompts else None
+
+    def find(self, text: str) -> torch.Tensor | None:
+        """The cached embedding of exactly this prompt text, if any."""
+        for name, cached_text in self.config.prompts.items():
+            if cached_text == text:
+                return getattr(self, name)
+        return None
