@@ -87,25 +87,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from stablesr.cli.files import collect_inputs, plan_outputs, process_files
+    from stablesr.cli.files import RunPlan, plan_outputs, process_files
     from stablesr.cli.upscaler import make_upscaler
 
     if args.runs < 1:
         return fail("--runs must be >= 1")
-    inputs = collect_inputs(args.inputs)
-    if not inputs:
-        return fail("no images found in " + ", ".join(args.inputs))
     output_dir = Path(args.output)
     suffix = None if args.format == "same" else "." + args.format
-    jobs = []
-    for run_index in range(args.runs):
+    plan, seeds = RunPlan(), {}
+    for run_index in range(args.runs):  # --runs N: N seeded samples per input in sample0/, sample1/, ...
         run_dir = output_dir / f"sample{run_index}" if args.runs > 1 else output_dir
-        pairs = plan_outputs(inputs, output_dir=run_dir, skip_existing=args.skip_existing, overwrite=args.overwrite,
-                             suffix=suffix)
-        jobs.extend((pair, args.seed + run_index) for pair in pairs)
-    upscaler = make_upscaler(args)
-    seeds = {pair: seed for pair, seed in jobs}
-    report = process_files([pair for pair, _ in jobs],
-                           lambda src, dst: upscaler(src, dst, seed=seeds[(src, dst)]), progress=not args.no_progress)
+        run_plan = plan_outputs(args.inputs, output_dir=run_dir, skip_existing=args.skip_existing,
+                                overwrite=args.overwrite, suffix=suffix)
+        plan.extend(run_plan)
+        plan.skipped.extend(run_plan.skipped)
+        seeds.update({pair: args.seed + run_index for pair in run_plan})
+    upscaler = make_upscaler(args) if plan else None
+    report = process_files(plan, lambda src, dst: upscaler(src, dst, seed=seeds[(src, dst)]),
+                           progress=not args.no_progress)
     print(report.summary())
     return report.exit_code

@@ -15,7 +15,7 @@ import torch
 
 from stablesr.cli.common import resolve_device, resolve_dtype
 from stablesr.errors import StableSRError, WeightsNotFoundError
-from stablesr.imaging import image_to_tensor, load_image, resize_alpha, save_image_atomic, tensor_to_image
+from stablesr.imaging import load_image, resize_alpha, save_image_atomic, tensor_to_image
 
 NO_MODEL_MESSAGE = (
     "no model given. StableSR needs weights: get stablesr_000117.ckpt (and vqgan_cfw_00011.ckpt for CFW) from the "
@@ -61,7 +61,7 @@ class Upscaler:
 
     def __call__(self, src: Path, dst: Path, *, seed: int) -> None:
         loaded = load_image(src)
-        lr = (image_to_tensor(loaded.rgb) + 1) / 2  # (1, 3, H, W) in [0, 1]
+        lr = (loaded.to_tensor() + 1) / 2  # (1, 3, H, W) in [0, 1], 16-bit precision kept
         sr = self.super_resolve(lr, seed=seed)
         alpha = resize_alpha(loaded.alpha, (sr.shape[-1], sr.shape[-2])) if loaded.alpha is not None else None
         image = tensor_to_image(sr * 2 - 1, bit_depth=loaded.bit_depth)

@@ -45,6 +45,28 @@ class StableSROutput(BaseOutput):
     images: list[PIL.Image.Image] | torch.Tensor | np.ndarray
 
 
+def make_guided_tile_fn(sft_unet: SFTUNet, cond_embeds: torch.Tensor, uncond_embeds: torch.Tensor | None,
+                        guidance_scale: float):
+    """tile_fn(x_tiles, lr_tiles, t) -> model output, with classifier-free guidance when uncond_embeds is set.
+
+    out = out_uncond + s * (out_cond - out_uncond); the CFG batch is [uncond, cond] (the official
+    order) and the LR tiles are repeated the same way, so every sample meets its own condition.
+    """
+
+    def tile_fn(x_tiles: torch.Tensor, lr_tiles: torch.Tensor, t: int) -> torch.Tensor:
+        n = x_tiles.shape[0]
+        if uncond_embeds is None:
+            timesteps = torch.full((n,), t, dtype=torch.long, device=x_tiles.device)
+            return sft_unet(x_tiles, timesteps, cond_embeds.expand(n, -1, -1), lr_tiles)
+        timesteps = torch.full((2 * n,), t, dtype=torch.long, device=x_tiles.device)
+        context = torch.cat([uncond_embeds.expand(n, -1, -1), cond_embeds.expand(n, -1, -1)])
+        out = sft_unet(torch.cat([x_tiles, x_tiles]), timesteps, context, torch.cat([lr_tiles, lr_tiles]))
+        out_uncond, out_cond = out.chunk(2)  # (2n, C, h, w) -> 2 x (n, C, h, w)
+        return out_uncond + guidance_scale * (out_cond - out_uncond)
+
+    return tile_fn
+
+
 class StableSRPipeline(DiffusionPipeline):
     """Real-world super-resolution with a frozen SD prior.
 
@@ -92,27 +114,6 @@ class StableSRPipeline(DiffusionPipeline):
                                     truncation=True, return_tensors="pt").input_ids
         hidden = self.text_encoder(tokens.to(device))
         return hidden if torch.is_tensor(hidden) else hidden.last_hidden_state
-
-    # ---------------------------------------------------------------- model call per tile
-    def _make_tile_fn(self, sft_unet: SFTUNet, cond_embeds: torch.Tensor, uncond_embeds: torch.Tensor | None,
-                      guidance_scale: float):
-        """tile_fn(x_tiles, lr_tiles, t) -> model output, with classifier-free guidance when uncond_embeds is set.
-
-        The CFG batch is [uncond, cond] (the official order); the LR tiles are repeated the same way.
-        """
-
-        def tile_fn(x_tiles: torch.Tensor, lr_tiles: torch.Tensor, t: int) -> torch.Tensor:
-            n = x_tiles.shape[0]
-            if uncond_embeds is None:
-                timesteps = torch.full((n,), t, dtype=torch.long, device=x_tiles.device)
-                return sft_unet(x_tiles, timesteps, cond_embeds.expand(n, -1, -1), lr_tiles)
-            timesteps = torch.full((2 * n,), t, dtype=torch.long, device=x_tiles.device)
-            context = torch.cat([uncond_embeds.expand(n, -1, -1), cond_embeds.expand(n, -1, -1)])
-            out = sft_unet(torch.cat([x_tiles, x_tiles]), timesteps, context, torch.cat([lr_tiles, lr_tiles]))
-            out_uncond, out_cond = out.chunk(2)  # (2n, C, h, w) -> 2 x (n, C, h, w)
-            return out_uncond + guidance_scale * (out_cond - out_uncond)
-
-        return tile_fn
 
     # ---------------------------------------------------------------- main entry
     @torch.no_grad()
@@ -188,7 +189,7 @@ class StableSRPipeline(DiffusionPipeline):
             x_t = noise_sampler(lr_latent)
 
         # 6. Denoise with aggregation sampling over latent tiles
-        tile_fn = self._make_tile_fn(sft_unet, cond_embeds, uncond_embeds, guidance_scale)
+        tile_fn = make_guided_tile_fn(sft_unet, cond_embeds, uncond_embeds, guidance_scale)
         denoiser = TiledDenoiser(tile_fn, lr_latent, tile_size=tile_size, tile_overlap=tile_overlap,
                                  batch_size=tile_batch_size, faithful_weights=faithful)
         with self.progress_bar(total=steps, disable=not progress) as bar:
