@@ -77,10 +77,16 @@ def q_sample(x0: Tensor, alpha_bar: float | Tensor, noise: Tensor) -> Tensor:
 
 
 def default_noise_sampler(generator: torch.Generator | None) -> NoiseSampler:
-    """torch.randn shaped like the latent, from `generator` (global RNG when None)."""
+    """torch.randn shaped like the latent, from `generator` (global RNG when None).
+
+    Draws in float32 on the generator's device, then moves/casts to the latent, so a CPU
+    generator gives the same noise whatever the compute device and precision.
+    """
 
     def sample_noise(like: Tensor) -> Tensor:
-        return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+        device = generator.device if generator is not None else like.device
+        noise = torch.randn(like.shape, generator=generator, dtype=torch.float32, device=device)
+        return noise.to(device=like.device, dtype=like.dtype)
 
     return sample_noise
 

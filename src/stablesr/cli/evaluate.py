@@ -1,0 +1,100 @@
+"""`stablesr evaluate PRED --gt GT --metrics psnr,ssim,niqe [--runs N] [--crop-border 4] [--json F] [--csv F] [--plot F]`.
+
+Prints a table (mean per metric; with runs also G-STD per metric and L-STD, as CCSR defines them:
+https://arxiv.org/abs/2401.00877) and writes per-image rows to JSON / CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pred", type=Path, help="folder of SR outputs (flat, or sample0/ ... sampleN-1/ runs)")
+    parser.add_argument("--gt", type=Path, default=None, help="folder of ground-truth images, paired by file stem")
+    parser.add_argument("--metrics", default="psnr,ssim",
+                        help="comma-separated: psnr, ssim (Y of BT.601), psnr_rgb, ssim_rgb, niqe, brisque, "
+                             "lpips, lpips_vgg (need torchvision's ImageNet file in $TORCH_HOME/hub/checkpoints)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="number of sampleK/ folders to read (default: all present, or a flat folder)")
+    parser.add_argument("--crop-border", type=int, default=0,
+                        help="pixels removed on each side for PSNR/SSIM and L-STD (the papers use the scale, e.g. 4)")
+    parser.add_argument("--json", type=Path, default=None, help="write the summary and per-image rows as JSON")
+    parser.add_argument("--csv", type=Path, default=None, help="write per-image rows as CSV")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="draw per-image metric distributions to a PNG (needs matplotlib)")
+
+
+def format_table(evaluation) -> str:
+    """A plain-text table: one line per metric with mean (and G-STD), then L-STD."""
+    with_runs = evaluation.runs > 1
+    header = f"{'metric':<10} {'mean':>10}" + (f" {'G-STD':>10}" if with_runs else "")
+    lines = [f"{len(evaluation.rows) // evaluation.runs} images, {evaluation.runs} run(s)", header]
+    for metric in evaluation.metrics:
+        line = f"{metric:<10} {evaluation.mean[metric]:>10.4f}"
+        lines.append(line + (f" {evaluation.g_std[metric]:>10.4f}" if with_runs else ""))
+    if evaluation.l_std is not None:
+        lines.append(f"{'L-STD':<10} {evaluation.l_std:>10.6f}")
+    return "\n".join(lines)
+
+
+def write_json(evaluation, path: Path) -> None:
+    import json
+
+    summary = {"runs": evaluation.runs, "mean": evaluation.mean, "g_std": evaluation.g_std, "l_std": evaluation.l_std}
+    path.write_text(json.dumps({"summary": summary, "rows": evaluation.rows}, indent=2, allow_nan=True) + "\n")
+
+
+def write_csv(evaluation, path: Path) -> None:
+    import csv
+
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["name", "run", *evaluation.metrics])
+        writer.writeheader()
+        writer.writerows(evaluation.rows)
+
+
+def draw_plot(evaluation, path: Path) -> None:
+    """One box plot with the per-image points for each metric."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise SystemExit("error: --plot needs matplotlib (pip install matplotlib)") from error
+    figure, axes = plt.subplots(1, len(evaluation.metrics), figsize=(3 * len(evaluation.metrics), 3.5), squeeze=False)
+    for axis, metric in zip(axes[0], evaluation.metrics):
+        values = [row[metric] for row in evaluation.rows]
+        axis.boxplot(values)
+        axis.scatter([1] * len(values), values, s=8, alpha=0.6)
+        axis.set_title(metric)
+        axis.set_xticks([])
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stablesr.errors import StableSRError
+    from stablesr.metrics.evaluate import evaluate_folder
+
+    metrics = [name.strip().lower() for name in args.metrics.split(",") if name.strip()]
+    if args.runs is not None and args.runs < 1 or args.crop_border < 0:
+        print("error: --runs must be >= 1 and --crop-border >= 0", file=sys.stderr)
+        return 2
+    try:
+        evaluation = evaluate_folder(args.pred, gt_dir=args.gt, metrics=metrics, runs=args.runs,
+                                     crop_border=args.crop_border)
+    except (StableSRError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(format_table(evaluation))
+    if args.json is not None:
+        write_json(evaluation, args.json)
+    if args.csv is not None:
+        write_csv(evaluation, args.csv)
+    if args.plot is not None:
+        draw_plot(evaluation, args.plot)
+    return 0

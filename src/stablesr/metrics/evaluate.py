@@ -1,0 +1,203 @@
+"""Evaluate a folder of SR outputs: pair files by name, compute metrics per image (and per run), summarise.
+
+Layouts of the prediction folder (what `stablesr upscale` writes):
+    PRED/NAME.png                           one run
+    PRED/sample0/NAME.png ... sampleK/...   N runs with different noise -> mean, G-STD per metric, L-STD
+
+Stability follows CCSR (https://arxiv.org/abs/2401.00877), see `stability.py`. `crop_border` applies to
+the full-reference metrics (PSNR, SSIM, LPIPS) and to L-STD (as in the papers' scripts); no-reference metrics
+see the whole image. Files pair by stem, so `0001.png` matches `0001.jpg`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from stablesr.errors import StableSRError
+from stablesr.metrics.brisque import brisque
+from stablesr.metrics.fidelity import psnr, ssim
+from stablesr.metrics.niqe import niqe
+from stablesr.metrics.stability import global_std, local_std_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: `needs_gt` says whether it compares to ground truth; `higher_is_better` for tables."""
+
+    compute: Callable[[np.ndarray, np.ndarray | None, int], float]
+    needs_gt: bool
+    higher_is_better: bool
+
+
+@lru_cache(maxsize=2)
+def lpips_model(backbone: str):
+    """LPIPS with its backbone from the torch hub cache (raises WeightsNotFoundError naming the file)."""
+    from stablesr.metrics.lpips import LPIPS
+
+    return LPIPS.from_files(backbone)
+
+
+def lpips_value(sr: np.ndarray, gt: np.ndarray, crop_border: int, backbone: str) -> float:
+    """LPIPS of two (H, W, 3) uint8 images after the border crop (inputs scaled to [-1, 1])."""
+    import torch
+
+    pair = [image[crop_border : image.shape[0] - crop_border, crop_border : image.shape[1] - crop_border]
+            for image in (sr, gt)]
+    # (H, W, 3) uint8 -> (1, 3, H, W) in [-1, 1]
+    sr_tensor, gt_tensor = (torch.from_numpy(np.array(im)).permute(2, 0, 1)[None].float() / 127.5 - 1
+                            for im in pair)
+    with torch.no_grad():
+        return float(lpips_model(backbone)(sr_tensor, gt_tensor)[0])
+
+
+METRICS: dict[str, Metric] = {
+    "psnr": Metric(lambda sr, gt, crop: psnr(sr, gt, crop_border=crop), True, True),
+    "ssim": Metric(lambda sr, gt, crop: ssim(sr, gt, crop_border=crop), True, True),
+    "psnr_rgb": Metric(lambda sr, gt, crop: psnr(sr, gt, crop_border=crop, channel="rgb"), True, True),
+    "ssim_rgb": Metric(lambda sr, gt, crop: ssim(sr, gt, crop_border=crop, channel="rgb"), True, True),
+    "niqe": Metric(lambda sr, gt, crop: niqe(sr), False, False),
+    "brisque": Metric(lambda sr, gt, crop: brisque(sr), False, False),
+    "lpips": Metric(lambda sr, gt, crop: lpips_value(sr, gt, crop, "alex"), True, False),
+    "lpips_vgg": Metric(lambda sr, gt, crop: lpips_value(sr, gt, crop, "vgg"), True, False),
+}
+
+
+class EvaluationError(StableSRError):
+    """The prediction / ground-truth folders do not pair up, or a pair cannot be compared."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per-image rows and the summary.
+
+    rows: one dict per (image, run): {"name", "run", metric: value}.
+    mean: metric -> mean over images and runs.  g_std: metric -> G-STD (only with 2+ runs).
+    l_std: L-STD over the set (only with 2+ runs).
+    """
+
+    metrics: tuple[str, ...]
+    runs: int
+    rows: list[dict]
+    mean: dict[str, float]
+    g_std: dict[str, float]
+    l_std: float | None
+
+
+def image_files(folder: Path) -> dict[str, Path]:
+    """Image files directly in `folder`, keyed by stem; two files with one stem are an error."""
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.stem in files:
+                raise EvaluationError(f"{folder}: two images named {path.stem!r} ({files[path.stem].name}, {path.name})")
+            files[path.stem] = path
+    return files
+
+
+def run_folders(pred_dir: Path, runs: int | None) -> list[Path]:
+    """[PRED] for a flat folder, else [PRED/sample0, ..., PRED/sample{N-1}]."""
+    if not pred_dir.is_dir():
+        raise EvaluationError(f"prediction folder {pred_dir} does not exist")
+    if runs is None:
+        runs = 0
+        while (pred_dir / f"sample{runs}").is_dir():
+            runs += 1
+        if runs == 0:
+            return [pred_dir]
+    missing = [f"sample{n}" for n in range(runs) if not (pred_dir / f"sample{n}").is_dir()]
+    if missing:
+        raise EvaluationError(f"{pred_dir}: --runs {runs} needs folders sample0..sample{runs - 1}; missing {', '.join(missing)}")
+    return [pred_dir / f"sample{n}" for n in range(runs)]
+
+
+def pair_files(run_dirs: Sequence[Path], gt_dir: Path | None) -> list[tuple[str, list[Path], Path | None]]:
+    """(name, [prediction per run], ground truth or None) for every image, checked for completeness."""
+    per_run = [image_files(folder) for folder in run_dirs]
+    names = sorted(per_run[0])
+    if not names:
+        raise EvaluationError(f"no images in {run_dirs[0]}")
+    for folder, files in zip(run_dirs[1:], per_run[1:]):
+        if sorted(files) != names:
+            different = sorted(set(files) ^ set(names))
+            raise EvaluationError(f"{folder} and {run_dirs[0]} hold different images: {', '.join(different[:5])}")
+    if gt_dir is not None and not gt_dir.is_dir():
+        raise EvaluationError(f"ground-truth folder {gt_dir} does not exist")
+    gt_files = image_files(gt_dir) if gt_dir is not None else {}
+    missing = [name for name in names if gt_dir is not None and name not in gt_files]
+    if missing:
+        raise EvaluationError(f"no ground truth in {gt_dir} for: {', '.join(missing[:10])}")
+    return [(name, [files[name] for files in per_run], gt_files.get(name)) for name in names]
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, read with the project's loader (EXIF orientation, any Pillow mode)."""
+    from stablesr.imaging import load_image
+
+    return np.asarray(load_image(path).rgb)
+
+
+def evaluate_folder(
+    pred_dir: str | Path,
+    *,
+    gt_dir: str | Path | None = None,
+    metrics: Sequence[str] = ("psnr", "ssim"),
+    runs: int | None = None,
+    crop_border: int = 0,
+    read: Callable[[Path], np.ndarray] = read_rgb,
+) -> Evaluation:
+    """Compute `metrics` for every prediction in `pred_dir` (flat, or `sampleK/` runs) against `gt_dir`."""
+    unknown = [name for name in metrics if name not in METRICS]
+    if unknown:
+        raise EvaluationError(f"unknown metric {', '.join(unknown)}; available: {', '.join(METRICS)}")
+    if gt_dir is None and any(METRICS[name].needs_gt for name in metrics):
+        raise EvaluationError(f"{', '.join(n for n in metrics if METRICS[n].needs_gt)} need ground truth: pass --gt")
+    run_dirs = run_folders(Path(pred_dir), runs)
+    pairs = pair_files(run_dirs, None if gt_dir is None else Path(gt_dir))
+    rows, local_stds = [], []
+    for name, pred_paths, gt_path in pairs:
+        gt = None if gt_path is None else read(gt_path)
+        outputs = [read(path) for path in pred_paths]
+        for run, sr in enumerate(outputs):
+            if gt is not None and sr.shape != gt.shape:
+                raise EvaluationError(f"{pred_paths[run]} is {sr.shape[1]}x{sr.shape[0]} but its ground truth "
+                                      f"{gt_path} is {gt.shape[1]}x{gt.shape[0]}")
+            rows.append({"name": name, "run": run, **compute_metrics(metrics, sr, gt, crop_border, pred_paths[run])})
+        if len(outputs) > 1:
+            local_stds.append(local_std_image(crop_stack(outputs, crop_border, pred_paths)))
+    return summarise(tuple(metrics), len(run_dirs), rows, local_stds)
+
+
+def compute_metrics(metrics: Sequence[str], sr: np.ndarray, gt: np.ndarray | None, crop_border: int,
+                    path: Path) -> dict[str, float]:
+    """metric -> value for one output; a metric's ValueError becomes an error naming the file."""
+    try:
+        return {metric: METRICS[metric].compute(sr, gt, crop_border) for metric in metrics}
+    except ValueError as error:
+        raise EvaluationError(f"{path}: {error}") from error
+
+
+def crop_stack(outputs: list[np.ndarray], crop_border: int, paths: list[Path]) -> np.ndarray:
+    """N outputs of one image -> (N, H, W, 3) in [0, 1] with the border cropped."""
+    if len({sr.shape for sr in outputs}) > 1:
+        raise EvaluationError(f"the runs of {paths[0].name} differ in size: {[sr.shape for sr in outputs]}")
+    stack = np.stack(outputs).astype(np.float64) / 255.0  # N x (H, W, 3) -> (N, H, W, 3)
+    return stack[:, crop_border : stack.shape[1] - crop_border, crop_border : stack.shape[2] - crop_border]
+
+
+def summarise(metrics: tuple[str, ...], runs: int, rows: list[dict], local_stds: list[float]) -> Evaluation:
+    """Means over images and runs; G-STD per metric and L-STD when there are 2+ runs."""
+    mean, g_std = {}, {}
+    for metric in metrics:
+        values = np.array([row[metric] for row in rows]).reshape(-1, runs)  # (images * runs,) -> (images, runs)
+        mean[metric] = float(values.mean())
+        if runs > 1:
+            g_std[metric] = global_std(values)
+    l_std = float(np.mean(local_stds)) if runs > 1 else None
+    return Evaluation(metrics, runs, rows, mean, g_std, l_std)
