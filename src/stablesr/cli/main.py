@@ -47,8 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from stablesr.errors import StableSRError
+
     try:
         return int(modules[args.command].run(args) or 0)
+    except StableSRError as error:  # one clear line for the user, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
