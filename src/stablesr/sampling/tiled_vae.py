@@ -1,0 +1,289 @@
+"""Tiled VAE encode/decode (with CFW features) in bounded memory, without seams.
+
+Used by StableSR (https://arxiv.org/abs/2305.07015) pipelines for images larger than one VAE tile.
+Plain tiling (diffusers `enable_tiling`) normalises every tile with its own GroupNorm statistics, which
+shifts colour and contrast from tile to tile and leaves visible seams. Here all tiles share one set.
+
+Windows of at most `tile_size` (stride tile_size - tile_overlap, the last one snapped to the border)
+run with every GroupNorm frozen to shared per-sample, per-group (mean, var). Each window's output is
+weighted by a raised-cosine ramp across the overlap on the sides that face a neighbour (flat at the
+image border); the sum is divided by the summed weights.
+
+The shared statistics are the whole-image ones, accumulated exactly tile by tile: the owned regions
+of the windows (overlaps split in half) partition the image, and the GroupNorms are measured one at a
+time in call order, each pass running every window only up to the GroupNorm being measured, with all
+earlier ones frozen to their whole-image values. Memory stays at one window; the cost is about L/2
+extra tiled passes for L GroupNorms (measured: 8x a plain tiled decode on the test VAE). The remaining
+difference from the untiled network is the truncated receptive field near window borders (damped by
+the ramps) and the local mid-block attention. Measured on the tiny random test VAE (windows of 12, overlap
+4, latent 16x24): max |diff| 2.2, mean 0.097 for outputs up to 4.4, against 2.7 and 0.18 with per-tile
+statistics; the encoder: mean 0.033 against 0.059. A cheaper
+estimate (statistics of a downscaled copy, one extra tile) was tried and rejected: on the tiny random
+VAE of the tests it had several times the error of the exact statistics and stronger
+border artefacts than not sharing statistics at all.
+
+The mid-block self-attention becomes local to each window (the official StableSR pixel split is
+local too). When the input fits in one tile the untiled network runs unchanged: the result is exact.
+Peak memory: one window (at most tile_size per side) plus the output canvas and its weight map.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from torch import nn
+
+VAE_SCALE = 8  # pixels per latent pixel in the SD VAE
+
+
+# --------------------------------------------------------------------------------------------- public
+@torch.no_grad()
+def encode_tiled(
+    vae: nn.Module, image: torch.Tensor, *, tile_size: int = 512, tile_overlap: int = 64
+) -> DiagonalGaussianDistribution:
+    """image (B, 3, H, W) in [-1, 1], H and W multiples of 8 -> posterior over the unscaled (B, 4, H/8, W/8).
+
+    tile_size / tile_overlap are in pixels (multiples of 8). Draw the latent sample from the returned
+    posterior once, for the whole latent, so that the result does not depend on the tiling.
+    """
+    _check_pixels(image, tile_size, tile_overlap)
+    if max(image.shape[-2:]) <= tile_size:
+        return vae.encode(image).latent_dist
+    latent_size = (image.shape[-2] // VAE_SCALE, image.shape[-1] // VAE_SCALE)
+
+    def encode_window(rows: slice, cols: slice) -> torch.Tensor:
+        crop = image[..., _scaled(rows, VAE_SCALE), _scaled(cols, VAE_SCALE)]
+        return vae.encode(crop).latent_dist.parameters  # (B, 2 * latent_channels, rows, cols)
+
+    tiling = Tiling(latent_size, tile_size // VAE_SCALE, tile_overlap // VAE_SCALE)
+    sharing = _shared_statistics(vae, tiling, encode_window)
+    with sharing.active(collect=False):
+        return DiagonalGaussianDistribution(tiling.blend(encode_window, out_scale=1))
+
+
+@torch.no_grad()
+def decode_tiled(
+    vae: nn.Module,
+    z: torch.Tensor,
+    *,
+    tile_size: int = 64,
+    tile_overlap: int = 16,
+    cond_image: torch.Tensor | None = None,
+    fidelity: float = 0.0,
+) -> torch.Tensor:
+    """z (B, 4, h, w) UNSCALED -> image (B, 3, 8h, 8w); tile_size / tile_overlap in latent pixels.
+
+    With a CFWAutoencoderKL, cond_image (B, 3, 8h, 8w) in [-1, 1] (the bicubic-upsampled LR) and
+    fidelity > 0, the CFW encoder features of every window come from the matching pixel crop.
+    """
+    if tile_overlap < 0 or tile_size <= tile_overlap:
+        raise ValueError(f"need 0 <= tile_overlap < tile_size, got {tile_overlap}, {tile_size}")
+    use_cond = cond_image is not None and fidelity != 0
+    if use_cond and tuple(cond_image.shape[-2:]) != (z.shape[-2] * VAE_SCALE, z.shape[-1] * VAE_SCALE):
+        raise ValueError(f"cond_image must be 8x the latent size, got {tuple(cond_image.shape)} for {tuple(z.shape)}")
+
+    def decode(latent: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        if cond is None:
+            return vae.decode(latent).sample
+        return vae.decode_with_features(latent, vae.extract_enc_feats(cond), fidelity=fidelity)
+
+    def decode_window(rows: slice, cols: slice) -> torch.Tensor:
+        cond_crop = cond_image[..., _scaled(rows, VAE_SCALE), _scaled(cols, VAE_SCALE)] if use_cond else None
+        return decode(z[..., rows, cols], cond_crop)
+
+    latent_size = tuple(z.shape[-2:])
+    if max(latent_size) <= tile_size:
+        return decode_window(slice(0, latent_size[0]), slice(0, latent_size[1]))
+    tiling = Tiling(latent_size, tile_size, tile_overlap)
+    sharing = _shared_statistics(vae, tiling, decode_window)
+    with sharing.active(collect=False):
+        return tiling.blend(decode_window, out_scale=VAE_SCALE)
+
+
+def tile_starts(size: int, tile_size: int, tile_overlap: int) -> list[int]:
+    """Window starts along one axis: stride tile_size - tile_overlap, last one snapped to size - tile_size.
+
+    tile_starts(40, 16, 4) -> [0, 12, 24]; tile_starts(10, 16, 4) -> [0] (one window of the whole axis).
+    """
+    if size <= tile_size:
+        return [0]
+    stride = tile_size - tile_overlap
+    count = math.ceil((size - tile_size) / stride) + 1
+    return [min(k * stride, size - tile_size) for k in range(count)]
+
+
+def blend_ramp(length: int, ramp: int, *, fade_in: bool, fade_out: bool) -> torch.Tensor:
+    """1-D window weight (length,): raised-cosine rise over `ramp` samples at a faded side, else 1.
+
+    Values are sin^2(pi/2 * (i + 0.5) / ramp) inside the ramp, so a fade-out ramp and the next
+    window's fade-in ramp over the same samples sum to exactly 1 (cos^2 + sin^2).
+    """
+    weight = torch.ones(length, dtype=torch.float64)
+    rise = torch.sin(0.5 * math.pi * (torch.arange(min(ramp, length), dtype=torch.float64) + 0.5) / ramp) ** 2
+    if fade_in:
+        weight[: rise.numel()] = rise
+    if fade_out:
+        weight[length - rise.numel():] = torch.minimum(weight[length - rise.numel():], rise.flip(0))
+    return weight
+
+
+# --------------------------------------------------------------------------------------------- tiling
+@dataclass(frozen=True)
+class WindowRegion:
+    """The part of a window (latent rows/cols, window-local) whose statistics this window owns."""
+
+    window_size: tuple[int, int]
+    rows: slice
+    cols: slice
+
+
+class Tiling:
+    """Window grid over a latent of `latent_size`: windows of `tile` with `overlap`, in latent pixels."""
+
+    def __init__(self, latent_size: tuple[int, int], tile: int, overlap: int):
+        self.latent_size, self.overlap = latent_size, overlap
+        self.row_windows = _axis_windows(latent_size[0], tile, overlap)
+        self.col_windows = _axis_windows(latent_size[1], tile, overlap)
+
+    def windows(self) -> Iterator[tuple[slice, slice, WindowRegion]]:
+        """(rows, cols, owned region) of every window; the owned regions partition the latent."""
+        for rows, owned_rows in self.row_windows:
+            for cols, owned_cols in self.col_windows:
+                size = (rows.stop - rows.start, cols.stop - cols.start)
+                yield rows, cols, WindowRegion(size, owned_rows, owned_cols)
+
+    def blend(self, run_window, *, out_scale: int) -> torch.Tensor:
+        """Sum of run_window(rows, cols) (B, C, s*rows, s*cols) x ramp weights, divided by the summed weights."""
+        height, width = self.latent_size
+        output = weights = None
+        for rows, cols, _ in self.windows():
+            window_out = run_window(rows, cols)
+            if output is None:
+                output = window_out.new_zeros(*window_out.shape[:2], height * out_scale, width * out_scale)
+                weights = window_out.new_zeros(1, 1, height * out_scale, width * out_scale)
+            window_weight = self._window_weight(rows, cols, out_scale).to(window_out)  # (1, 1, s*rows, s*cols)
+            out_rows, out_cols = _scaled(rows, out_scale), _scaled(cols, out_scale)
+            output[..., out_rows, out_cols] += window_out * window_weight
+            weights[..., out_rows, out_cols] += window_weight
+        return output / weights
+
+    def _window_weight(self, rows: slice, cols: slice, scale: int) -> torch.Tensor:
+        """(1, 1, s*rows, s*cols): ramps on the sides that face another window, flat at image borders."""
+        height, width = self.latent_size
+        ramp = self.overlap * scale
+        row_weight = blend_ramp((rows.stop - rows.start) * scale, ramp, fade_in=rows.start > 0, fade_out=rows.stop < height)
+        col_weight = blend_ramp((cols.stop - cols.start) * scale, ramp, fade_in=cols.start > 0, fade_out=cols.stop < width)
+        return torch.outer(row_weight, col_weight)[None, None]  # (rows, cols) -> (1, 1, rows, cols)
+
+
+def _axis_windows(size: int, tile: int, overlap: int) -> list[tuple[slice, slice]]:
+    """(window, owned part in window-local coordinates) along one axis; owned parts split overlaps in half."""
+    starts = tile_starts(size, tile, overlap)
+    stops = [min(start + tile, size) for start in starts]
+    cuts = [0] + [(start + prev_stop) // 2 for start, prev_stop in zip(starts[1:], stops[:-1])] + [size]
+    return [
+        (slice(start, stop), slice(cuts[k] - start, cuts[k + 1] - start))
+        for k, (start, stop) in enumerate(zip(starts, stops))
+    ]
+
+
+def _shared_statistics(vae: nn.Module, tiling: Tiling, run_window) -> "GroupNormSharing":
+    """Whole-image GroupNorm statistics, accumulated window by window (see the module docstring)."""
+    sharing = GroupNormSharing(vae)
+    rows, cols, _ = next(tiling.windows())
+    with sharing.active(collect=True):
+        run_window(rows, cols)  # only to learn the order in which the GroupNorms run
+    call_order, sharing.sums = list(sharing.sums), {}
+    for norm in call_order:  # earlier GroupNorms are already frozen to their whole-image statistics
+        for rows, cols, region in tiling.windows():
+            with sharing.active(collect=norm, region=region), suppress(_StopForward):
+                run_window(rows, cols)
+        sharing.freeze()
+    return sharing
+
+
+def _scaled(window: slice, scale: int) -> slice:
+    """A latent slice -> the matching slice at `scale` x the resolution."""
+    return slice(window.start * scale, window.stop * scale)
+
+
+# --------------------------------------------------------------------------------------------- GroupNorm sharing
+class GroupNormSharing:
+    """Replaces the forward of every nn.GroupNorm in `module` while active.
+
+    `frozen` holds per-GroupNorm (mean, var), each (B, G): a GroupNorm found there normalises with
+    them instead of its own input statistics. While `collect` is on, every GroupNorm also adds its
+    input's per-group sums over the window's owned region (all of it when region is None) to `sums`;
+    `freeze()` turns the sums into the next `frozen` statistics.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.norms = [m for m in module.modules() if isinstance(m, nn.GroupNorm)]
+        self.frozen: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.sums: dict[nn.GroupNorm, torch.Tensor] = {}
+
+    @contextmanager
+    def active(self, *, collect: bool | nn.GroupNorm, region: WindowRegion | None = None) -> Iterator[None]:
+        """Patch the GroupNorms for one network call (restored on exit). collect=True: every GroupNorm
+        collects; collect=<a GroupNorm>: only that one, which then stops the call with _StopForward."""
+        for norm in self.norms:
+            norm.forward = partial(self._forward, norm, collect=collect, region=region)
+        try:
+            yield
+        finally:
+            for norm in self.norms:
+                del norm.forward
+
+    def freeze(self) -> None:
+        """sums (count, sum, sum of squares) per (B, G) -> frozen (mean, biased var)."""
+        for norm, (count, total, total_sq) in self.sums.items():
+            mean = total / count
+            self.frozen[norm] = (mean.float(), (total_sq / count - mean**2).clamp_min(0).float())
+        self.sums = {}
+
+    def _forward(self, norm: nn.GroupNorm, x: torch.Tensor, *, collect, region: WindowRegion | None):
+        if collect is True or collect is norm:
+            self._accumulate(norm, _crop_region(x, region))
+        if collect is norm:
+            raise _StopForward
+        if norm not in self.frozen:
+            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        mean, var = self.frozen[norm]
+        grouped = x.reshape(x.shape[0], norm.num_groups, -1)  # (B, C, *spatial) -> (B, G, rest)
+        normed = ((grouped - mean[..., None]) * torch.rsqrt(var + norm.eps)[..., None]).reshape(x.shape)
+        affine_shape = (1, -1) + (1,) * (x.ndim - 2)  # (C,) -> (1, C, 1, ...)
+        return normed * norm.weight.reshape(affine_shape) + norm.bias.reshape(affine_shape)
+
+    def _accumulate(self, norm: nn.GroupNorm, x: torch.Tensor) -> None:
+        grouped = x.reshape(x.shape[0], norm.num_groups, -1).double()  # (B, C, h, w) -> (B, G, C/G*h*w)
+        sums = torch.stack([torch.full_like(grouped[..., 0], grouped.shape[-1]), grouped.sum(-1), (grouped**2).sum(-1)])
+        self.sums[norm] = self.sums[norm] + sums if norm in self.sums else sums
+
+
+class _StopForward(Exception):
+    """Ends a network call once the GroupNorm being measured has seen its input."""
+
+
+def _crop_region(x: torch.Tensor, region: WindowRegion | None) -> torch.Tensor:
+    """The owned part of a window's feature map x (B, C, H, W) or (B, C, H*W), at any resolution."""
+    if region is None:
+        return x
+    window_h, window_w = region.window_size
+    scale = round(math.sqrt(x[0, 0].numel() / (window_h * window_w)))  # feature pixels per latent pixel
+    x = x.reshape(*x.shape[:2], window_h * scale, window_w * scale)  # (B, C, H*W) -> (B, C, H, W)
+    return x[..., _scaled(region.rows, scale), _scaled(region.cols, scale)]
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _check_pixels(image: torch.Tensor, tile_size: int, tile_overlap: int) -> None:
+    if image.shape[-2] % VAE_SCALE or image.shape[-1] % VAE_SCALE:
+        raise ValueError(f"image height and width must be multiples of 8, got {tuple(image.shape[-2:])}")
+    if tile_size % VAE_SCALE or tile_overlap % VAE_SCALE or not 0 <= tile_overlap < tile_size:
+        raise ValueError(f"tile_size and tile_overlap must be multiples of 8 with overlap < size, got {tile_size}, {tile_overlap}")
