@@ -48,3 +48,19 @@ def test_evaluate_reports_missing_ground_truth(pair_folders, capsys):
     (root / "gt" / "img.png").rename(root / "gt" / "other.png")
     assert main(["evaluate", str(root / "pred"), "--gt", str(root / "gt")]) == 1
     assert "no ground truth" in capsys.readouterr().err
+
+
+def test_evaluate_no_reference_metrics_without_gt(tmp_path, capsys):
+    from stablesr.metrics.niqe import niqe
+
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (96, 120, 3), dtype=np.uint8) for _ in range(2)]
+    (tmp_path / "pred").mkdir()
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / "pred" / f"{index}.png")
+    assert main(["evaluate", str(tmp_path / "pred"), "--metrics", "niqe,brisque", "--json", str(tmp_path / "r.json")]) == 0
+    assert "2 images, 1 run(s)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["summary"]["mean"]["niqe"] == pytest.approx(np.mean([niqe(image) for image in images]), rel=1e-12)
+    assert main(["evaluate", str(tmp_path / "pred"), "--metrics", "psnr"]) == 1
+    assert "need ground truth" in capsys.readouterr().err

@@ -99,3 +99,41 @@ def test_lpips_metric_uses_the_cached_backbone_and_crop(tmp_path, monkeypatch):
     expected = float(model(to_tensor(sr), to_tensor(gt))[0])
     assert result.rows[0]["lpips"] == pytest.approx(expected, rel=1e-6)
     evaluate_module.lpips_model.cache_clear()
+
+
+def test_dists_and_no_reference_metrics_match_direct_calls(tmp_path, monkeypatch):
+    import torch
+
+    from stablesr.errors import WeightsNotFoundError
+    from stablesr.metrics import evaluate as evaluate_module
+    from stablesr.metrics.brisque import brisque
+    from stablesr.metrics.dists import DISTS
+    from stablesr.metrics.niqe import niqe
+
+    rng = np.random.default_rng(2)
+    gt = rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)
+    sr = np.clip(gt.astype(int) + rng.integers(-20, 21, gt.shape), 0, 255).astype(np.uint8)
+    write(tmp_path / "pred" / "a.png", sr)
+    write(tmp_path / "gt" / "a.png", gt)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    evaluate_module.dists_model.cache_clear()
+    with pytest.raises(WeightsNotFoundError, match="DISTS needs .*vgg16-397923af.pth"):
+        evaluate_folder(tmp_path / "pred", gt_dir=tmp_path / "gt", metrics=["dists"])
+    torch.manual_seed(0)
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save({f"features.{k}": v for k, v in DISTS().features.state_dict().items()},
+               tmp_path / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth")
+    evaluate_module.dists_model.cache_clear()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # VGG on a shared 2-core machine
+    try:
+        result = evaluate_folder(tmp_path / "pred", gt_dir=tmp_path / "gt", metrics=["dists", "niqe", "niqe_y", "brisque"],
+                                 crop_border=2)
+        cropped = [torch.from_numpy(im[2:-2, 2:-2].copy()).permute(2, 0, 1)[None].float() / 255 for im in (sr, gt)]
+        expected = float(DISTS.from_files()(*cropped)[0])
+    finally:
+        torch.set_num_threads(threads)
+        evaluate_module.dists_model.cache_clear()
+    row = result.rows[0]
+    assert row["dists"] == pytest.approx(expected, rel=1e-6)
+    assert row["niqe"] == niqe(sr) and row["niqe_y"] == niqe(sr, luma="y") and row["brisque"] == brisque(sr)

@@ -15,8 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pred", type=Path, help="folder of SR outputs (flat, or sample0/ ... sampleN-1/ runs)")
     parser.add_argument("--gt", type=Path, default=None, help="folder of ground-truth images, paired by file stem")
     parser.add_argument("--metrics", default="psnr,ssim",
-                        help="comma-separated: psnr, ssim (Y of BT.601), psnr_rgb, ssim_rgb, niqe, brisque, "
-                             "lpips, lpips_vgg (need torchvision's ImageNet file in $TORCH_HOME/hub/checkpoints)")
+                        help="comma-separated: psnr, ssim (Y of BT.601), psnr_rgb, ssim_rgb, niqe (MATLAB rgb2gray), "
+                             "niqe_y (BT.601 Y, as BasicSR), brisque, lpips, lpips_vgg, dists (these three need "
+                             "torchvision's ImageNet file in $TORCH_HOME/hub/checkpoints)")
     parser.add_argument("--runs", type=int, default=None,
                         help="number of sampleK/ folders to read (default: all present, or a flat folder)")
     parser.add_argument("--crop-border", type=int, default=0,

@@ -10,8 +10,12 @@ Steps (MATLAB `brisquescore`):
     3. scale each feature to [-1, 1] with the training set's min / max (libsvm `svm-scale`);
     4. score = sum_i coef_i exp(-gamma |x - sv_i|^2) - rho (libsvm epsilon-SVR with an RBF kernel).
 
-The SVR and the scaling ranges (`data/brisque_svr_live.npz`, trained on LIVE IQA) come from the
-Apache-2.0 `image-quality==1.2.7` wheel; source and licence in `data/README.md`.
+The SVR and the scaling ranges (`data/brisque_svr_live.npz`, trained on LIVE IQA) are the MATLAB
+release's `allmodel` (774 support vectors) and `allrange`; source and licence in `data/README.md`.
+Features:
+    MSCN map       GGD fit -> alpha, variance
+    each product   AGGD fit -> alpha, (right_std - left_std) G(2/a) / sqrt(G(1/a) G(3/a)), left_std^2, right_std^2
+    (G = gamma function; products with the neighbours at shifts (0,1), (1,0), (1,1), (-1,1)).
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from stablesr.metrics.nss import imresize_half, mscn, nss_features
+from scipy.special import gamma as gamma_fn
 
+from stablesr.metrics.nss import fit_aggd, fit_ggd, imresize_half, mscn, neighbour_products
+
+NEIGHBOUR_SHIFTS = ((0, 1), (1, 0), (1, 1), (-1, 1))
 # MATLAB rgb2gray: the first row of the inverse of the NTSC (YIQ) transform.
 _GRAY_WEIGHTS = np.array([0.298936021293775, 0.587043074451121, 0.114020904255103])
 _MODEL_FILE = Path(__file__).parent / "data" / "brisque_svr_live.npz"
@@ -30,7 +37,7 @@ _MODEL_FILE = Path(__file__).parent / "data" / "brisque_svr_live.npz"
 
 @lru_cache(maxsize=1)
 def svr_model() -> dict[str, np.ndarray]:
-    """support_vectors (770, 36), dual_coefs (770,), rho, gamma, feature_min / feature_max (36,)."""
+    """support_vectors (774, 36), dual_coefs (770,), rho, gamma, feature_min / feature_max (36,)."""
     with np.load(_MODEL_FILE) as model:
         return {name: model[name] for name in model.files}
 
@@ -40,10 +47,20 @@ def rgb_to_gray_matlab(rgb: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(rgb, dtype=np.float64) @ _GRAY_WEIGHTS)
 
 
+def map_features(mscn_map: np.ndarray) -> np.ndarray:
+    """The 18 BRISQUE features of one MSCN map (H, W)."""
+    features = list(fit_ggd(mscn_map.ravel()))
+    for products in neighbour_products(mscn_map, NEIGHBOUR_SHIFTS):
+        alpha, left_std, right_std = fit_aggd(products)
+        mean = (right_std - left_std) * gamma_fn(2 / alpha) / np.sqrt(gamma_fn(1 / alpha) * gamma_fn(3 / alpha))
+        features += [alpha, mean, left_std**2, right_std**2]
+    return np.array(features)
+
+
 def brisque_features(gray: np.ndarray) -> np.ndarray:
     """The 36 BRISQUE features of a (H, W) grey plane in 0..255 (18 at full, 18 at half size)."""
-    full = nss_features(mscn(gray, padding="zero"))
-    half = nss_features(mscn(imresize_half(gray), padding="zero"))
+    full = map_features(mscn(gray, padding="zero"))
+    half = map_features(mscn(imresize_half(gray), padding="zero"))
     return np.concatenate([full, half])
 
 

@@ -5,7 +5,7 @@ Layouts of the prediction folder (what `stablesr upscale` writes):
     PRED/sample0/NAME.png ... sampleK/...   N runs with different noise -> mean, G-STD per metric, L-STD
 
 Stability follows CCSR (https://arxiv.org/abs/2401.00877), see `stability.py`. `crop_border` applies to
-the full-reference metrics (PSNR, SSIM, LPIPS) and to L-STD (as in the papers' scripts); no-reference metrics
+the full-reference metrics (PSNR, SSIM, LPIPS, DISTS) and to L-STD (as in the papers' scripts); no-reference metrics
 see the whole image. Files pair by stem, so `0001.png` matches `0001.jpg`.
 """
 
@@ -44,17 +44,40 @@ def lpips_model(backbone: str):
     return LPIPS.from_files(backbone)
 
 
-def lpips_value(sr: np.ndarray, gt: np.ndarray, crop_border: int, backbone: str) -> float:
-    """LPIPS of two (H, W, 3) uint8 images after the border crop (inputs scaled to [-1, 1])."""
+@lru_cache(maxsize=1)
+def dists_model():
+    """DISTS with VGG16 from the torch hub cache (raises WeightsNotFoundError naming the file)."""
+    from stablesr.metrics.dists import DISTS
+
+    return DISTS.from_files()
+
+
+def tensor_pair(sr: np.ndarray, gt: np.ndarray, crop_border: int):
+    """Two (H, W, 3) uint8 images, border cropped -> two (1, 3, H', W') float tensors in [0, 1]."""
     import torch
 
     pair = [image[crop_border : image.shape[0] - crop_border, crop_border : image.shape[1] - crop_border]
             for image in (sr, gt)]
-    # (H, W, 3) uint8 -> (1, 3, H, W) in [-1, 1]
-    sr_tensor, gt_tensor = (torch.from_numpy(np.array(im)).permute(2, 0, 1)[None].float() / 127.5 - 1
-                            for im in pair)
+    # (H, W, 3) uint8 -> (1, 3, H, W) in [0, 1]
+    return [torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255 for image in pair]
+
+
+def lpips_value(sr: np.ndarray, gt: np.ndarray, crop_border: int, backbone: str) -> float:
+    """LPIPS of two (H, W, 3) uint8 images after the border crop (inputs scaled to [-1, 1])."""
+    import torch
+
+    sr_tensor, gt_tensor = tensor_pair(sr, gt, crop_border)
     with torch.no_grad():
-        return float(lpips_model(backbone)(sr_tensor, gt_tensor)[0])
+        return float(lpips_model(backbone)(sr_tensor * 2 - 1, gt_tensor * 2 - 1)[0])
+
+
+def dists_value(sr: np.ndarray, gt: np.ndarray, crop_border: int) -> float:
+    """DISTS of two (H, W, 3) uint8 images after the border crop (inputs in [0, 1], no resizing)."""
+    import torch
+
+    sr_tensor, gt_tensor = tensor_pair(sr, gt, crop_border)
+    with torch.no_grad():
+        return float(dists_model()(sr_tensor, gt_tensor)[0])
 
 
 METRICS: dict[str, Metric] = {
@@ -63,9 +86,11 @@ METRICS: dict[str, Metric] = {
     "psnr_rgb": Metric(lambda sr, gt, crop: psnr(sr, gt, crop_border=crop, channel="rgb"), True, True),
     "ssim_rgb": Metric(lambda sr, gt, crop: ssim(sr, gt, crop_border=crop, channel="rgb"), True, True),
     "niqe": Metric(lambda sr, gt, crop: niqe(sr), False, False),
+    "niqe_y": Metric(lambda sr, gt, crop: niqe(sr, luma="y"), False, False),
     "brisque": Metric(lambda sr, gt, crop: brisque(sr), False, False),
     "lpips": Metric(lambda sr, gt, crop: lpips_value(sr, gt, crop, "alex"), True, False),
     "lpips_vgg": Metric(lambda sr, gt, crop: lpips_value(sr, gt, crop, "vgg"), True, False),
+    "dists": Metric(lambda sr, gt, crop: dists_value(sr, gt, crop), True, False),
 }
 
 

@@ -58,8 +58,11 @@ def vgg16_features() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def find_backbone_file(backbone: Backbone, path: str | Path | None) -> Path:
-    """The ImageNet backbone file: `path` (a file or a folder holding it) or the torch hub cache."""
+def find_backbone_file(backbone: Backbone, path: str | Path | None, *, metric: str | None = None) -> Path:
+    """The ImageNet backbone file: `path` (a file or a folder holding it) or the torch hub cache.
+
+    `metric` names the caller in the error (default 'LPIPS-alex' / 'LPIPS-vgg').
+    """
     name = BACKBONE_FILES[backbone]
     torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
     candidates = [Path(path), Path(path) / name] if path is not None else []
@@ -68,7 +71,7 @@ def find_backbone_file(backbone: Backbone, path: str | Path | None) -> Path:
         if candidate.is_file():
             return candidate
     raise WeightsNotFoundError(
-        f"LPIPS-{backbone} needs torchvision's ImageNet weights {name}; put the file in "
+        f"{metric or 'LPIPS-' + backbone} needs torchvision's ImageNet weights {name}; put the file in "
         f"{torch_home / 'hub' / 'checkpoints'} or pass its path (nothing is downloaded)"
     )
 

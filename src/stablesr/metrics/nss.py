@@ -3,12 +3,14 @@
 Mittal, Moorthy & Bovik, "No-Reference Image Quality Assessment in the Spatial Domain" (BRISQUE),
 IEEE TIP 2012, https://doi.org/10.1109/TIP.2012.2214050
 
-Symbols:
-    mscn       (I - mu) / (sigma + 1), mu and sigma from a 7x7 Gaussian window (sigma 7/6), I in 0..255
-    alpha      GGD / AGGD shape, found on the grid 0.2:0.001:10 by moment matching as in the MATLAB code
-    left_std   sqrt(mean(x^2 | x < 0)), right_std likewise for x > 0
-    features   [alpha, variance] of the MSCN map, then for the four neighbour products
-               (shifts (0,1), (1,0), (1,1), (-1,1)): [alpha, mean, left_std^2, right_std^2]  -> 18 values
+Symbols (both LIVE MATLAB releases compute them the same way):
+    window     MATLAB fspecial('gaussian', 7, 7/6): exp(-(x^2 + y^2) / (2 sigma^2)) normalised to sum 1
+    mscn       (I - mu) / (sigma + 1), mu and sigma from `window`, I in 0..255
+    alpha      GGD / AGGD shape, found on the grid 0.2:0.001:10 by moment matching
+    ggd        rho = E[x^2] / E[|x|]^2 matched to G(1/a) G(3/a) / G(2/a)^2 (G = gamma function)
+    aggd       left_std = sqrt(mean(x^2 | x < 0)), right_std likewise for x > 0 (exact zeros in neither);
+               r = E[|x|]^2 / E[x^2] corrected by the std ratio and matched to G(2/a)^2 / (G(1/a) G(3/a))
+    products   the MSCN map times itself circularly shifted (MATLAB circshift) to four neighbours
 """
 
 from __future__ import annotations
@@ -16,58 +18,59 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from scipy.ndimage import correlate
+from scipy.ndimage import correlate, maximum_filter, minimum_filter
 from scipy.special import gamma as gamma_fn
 
-from stablesr.metrics.fidelity import gaussian_kernel_1d
-
-_SHAPE_GRID = np.arange(0.2, 10.0 + 5e-4, 0.001)
-_GGD_RATIO = gamma_fn(1 / _SHAPE_GRID) * gamma_fn(3 / _SHAPE_GRID) / gamma_fn(2 / _SHAPE_GRID) ** 2
+SHAPE_GRID = np.arange(200, 10001) / 1000  # 0.2:0.001:10
+_GGD_RATIO = gamma_fn(1 / SHAPE_GRID) * gamma_fn(3 / SHAPE_GRID) / gamma_fn(2 / SHAPE_GRID) ** 2
 _AGGD_RATIO = 1.0 / _GGD_RATIO
-NEIGHBOUR_SHIFTS = ((0, 1), (1, 0), (1, 1), (-1, 1))
 
 Padding = Literal["replicate", "zero"]
+
+
+def gaussian_window(size: int = 7, sigma: float = 7 / 6) -> np.ndarray:
+    """MATLAB fspecial('gaussian', size, sigma): (size, size) taps summing to 1."""
+    offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    window = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * sigma**2))
+    return window / window.sum()
 
 
 def mscn(image: np.ndarray, *, padding: Padding) -> np.ndarray:
     """Mean-subtracted contrast-normalised coefficients of a (H, W) float64 plane in 0..255.
 
     `padding` is MATLAB's border rule: 'replicate' (imfilter, NIQE) or 'zero' (filter2, BRISQUE).
+    Where the 7x7 neighbourhood is constant the exact value, 0, is returned instead of the filter's
+    rounding noise (about 1e-14), whose sign would otherwise decide the AGGD side of those pixels.
     """
-    taps = gaussian_kernel_1d(7, 7 / 6)
-    window = np.outer(taps, taps)
+    window = gaussian_window()
     mode = "nearest" if padding == "replicate" else "constant"
     mu = correlate(image, window, mode=mode, cval=0.0)
     sigma = np.sqrt(np.abs(correlate(image * image, window, mode=mode, cval=0.0) - mu * mu))
-    return (image - mu) / (sigma + 1.0)
+    flat = maximum_filter(image, size=7, mode=mode, cval=0.0) == minimum_filter(image, size=7, mode=mode, cval=0.0)
+    return np.where(flat, 0.0, (image - mu) / (sigma + 1.0))
 
 
 def fit_ggd(values: np.ndarray) -> tuple[float, float]:
     """Generalised Gaussian fit of zero-mean samples -> (alpha, variance)."""
     variance = np.mean(values**2)
     rho = variance / np.mean(np.abs(values)) ** 2
-    return float(_SHAPE_GRID[np.argmin(np.abs(rho - _GGD_RATIO))]), float(variance)
+    return float(SHAPE_GRID[np.argmin(np.abs(rho - _GGD_RATIO))]), float(variance)
 
 
-def fit_aggd(values: np.ndarray) -> tuple[float, float, float, float]:
-    """Asymmetric generalised Gaussian fit -> (alpha, mean, left_std^2, right_std^2)."""
+def fit_aggd(values: np.ndarray) -> tuple[float, float, float]:
+    """Asymmetric generalised Gaussian fit -> (alpha, left_std, right_std)."""
     left_std = np.sqrt(np.mean(values[values < 0] ** 2))
     right_std = np.sqrt(np.mean(values[values > 0] ** 2))
     gamma_hat = left_std / right_std
     r_hat = np.mean(np.abs(values)) ** 2 / np.mean(values**2)
     r_hat_norm = r_hat * (gamma_hat**3 + 1) * (gamma_hat + 1) / (gamma_hat**2 + 1) ** 2
-    alpha = _SHAPE_GRID[np.argmin((_AGGD_RATIO - r_hat_norm) ** 2)]
-    mean = (right_std - left_std) * gamma_fn(2 / alpha) / np.sqrt(gamma_fn(1 / alpha) * gamma_fn(3 / alpha))
-    return float(alpha), float(mean), float(left_std**2), float(right_std**2)
+    alpha = SHAPE_GRID[np.argmin((_AGGD_RATIO - r_hat_norm) ** 2)]
+    return float(alpha), float(left_std), float(right_std)
 
 
-def nss_features(mscn_map: np.ndarray) -> np.ndarray:
-    """The 18 BRISQUE/NIQE features of one MSCN map (H, W); neighbours wrap around (MATLAB circshift)."""
-    features = list(fit_ggd(mscn_map.ravel()))
-    for shift in NEIGHBOUR_SHIFTS:
-        products = mscn_map * np.roll(mscn_map, shift, axis=(0, 1))
-        features.extend(fit_aggd(products.ravel()))
-    return np.array(features)
+def neighbour_products(mscn_map: np.ndarray, shifts: tuple[tuple[int, int], ...]) -> list[np.ndarray]:
+    """MSCN map times its circular shift (MATLAB circshift(map, shift)) for each shift, flattened."""
+    return [(mscn_map * np.roll(mscn_map, shift, axis=(0, 1))).ravel() for shift in shifts]
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:
