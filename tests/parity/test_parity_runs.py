@@ -31,8 +31,7 @@ def tiny_models(stablesr_tiny_state, cfw_tiny_state, tiny_config):
     unet = build_unet({k: v for k, v in stablesr_tiny_state.items() if ".spade." not in k
                        and k.startswith("model.diffusion_model.")}, unet_config_from_ldm(unet_params))
     sr_state = {k: v for k, v in stablesr_tiny_state.items() if ".spade." in k or k.startswith("structcond")}
-    sr_module = build_sr_module(sr_state, unet, encoder_config_from_ldm(encoder_params) | {
-        "cond_channels": encoder_params["out_channels"]})
+    sr_module = build_sr_module(sr_state, unet, encoder_config_from_ldm(encoder_params))
     ddconfig = tiny_config["ddconfig (first_stage_config & CFW)"]
     vae, _ = build_vae(Parts(cfw=dict(cfw_tiny_state)), vae_config_from_ldm(ddconfig, embed_dim=4))
     return unet, sr_module, vae

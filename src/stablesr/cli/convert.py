@@ -28,9 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load .ckpt files with full pickle instead of the restricted unpickler")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="stored precision")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder's files")
+    parser.add_argument("--unet-config", metavar="JSON", help="diffusers UNet config overriding the shipped SD 2.x one")
+    parser.add_argument("--vae-config", metavar="JSON", help="diffusers VAE config overriding the shipped one")
+    parser.add_argument("--encoder-config", metavar="JSON", help="time-aware encoder kwargs (custom models)")
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
     from pathlib import Path
 
     import torch
@@ -42,8 +46,12 @@ def run(args: argparse.Namespace) -> int:
     if (output / "model_index.json").exists() and not args.overwrite:
         return fail(f"{output} already holds a model; pass --overwrite to replace it")
     try:
+        configs = {name: json.loads(Path(path).read_text()) if path else None for name, path in
+                   (("unet_config", args.unet_config), ("vae_config", args.vae_config),
+                    ("encoder_config", args.encoder_config))}
         pipe = build_pipeline(args.checkpoints, base=args.base, trust_pickle=args.trust_pickle,
-                              keep_text_encoder=args.keep_text_encoder, text_encoder_folder=args.text_encoder)
+                              keep_text_encoder=args.keep_text_encoder, text_encoder_folder=args.text_encoder,
+                              **configs)
     except StableSRError as error:
         return fail(str(error))
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]

@@ -25,7 +25,10 @@ class RealESRGANUpscaler:
     """Tiled Real-ESRGAN inference on [0, 1] image tensors.
 
     `tile_size` is in LR pixels (0 runs the whole image at once); `tile_pad` is the context added
-    around each tile, clipped at the image border.
+    around each tile, clipped at the image border. Padded tiles are exact only when the pad
+    covers the network's reach (349 LR px for x4plus); measured on the real x4plus weights, pad 32
+    leaves a mean deviation of 7e-4 (max 12/255) at tile borders vs untiled, so the defaults
+    (512 / 32) run images up to 512 LR px untiled (exact) and larger ones with small seams.
     """
 
     def __init__(
@@ -34,8 +37,8 @@ class RealESRGANUpscaler:
         *,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        tile_size: int = 256,
-        tile_pad: int = 16,
+        tile_size: int = 512,
+        tile_pad: int = 32,
     ) -> None:
         if tile_size < 0 or tile_pad < 0:
             raise ValueError(f"tile_size and tile_pad must be >= 0, got {tile_size} and {tile_pad}")

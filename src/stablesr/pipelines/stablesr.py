@@ -18,6 +18,7 @@ import PIL.Image
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput
+from tqdm.auto import tqdm
 
 from stablesr.color_fix import apply_color_fix
 from stablesr.configs import ColorFix, Sampler, Start
@@ -192,7 +193,9 @@ class StableSRPipeline(DiffusionPipeline):
         tile_fn = make_guided_tile_fn(sft_unet, cond_embeds, uncond_embeds, guidance_scale)
         denoiser = TiledDenoiser(tile_fn, lr_latent, tile_size=tile_size, tile_overlap=tile_overlap,
                                  batch_size=tile_batch_size, faithful_weights=faithful)
-        with self.progress_bar(total=steps, disable=not progress) as bar:
+        bar_config = {**getattr(self, "_progress_bar_config", {}), "desc": "sampling", "leave": False}
+        bar_config["disable"] = bar_config.get("disable", False) or not progress
+        with tqdm(total=steps, **bar_config) as bar:
             def on_step(i, t, x, x0_pred):
                 bar.update()
                 if callback is not None:

@@ -124,8 +124,11 @@ def build_unet(state: dict, unet_config: dict) -> UNet2DConditionModel:
 
 
 def build_sr_module(state: dict, unet: UNet2DConditionModel, encoder_config: dict | None = None) -> StableSRModule:
-    sr_module = StableSRModule.from_unet(unet, **(encoder_config or {}))
-    load_strict(sr_module, convert_sr_module(state), "StableSR SR module (SFT + time-aware encoder)")
+    """The SR module sized for `unet`; `encoder_config` (TimeAwareEncoder kwargs) defaults to the official one."""
+    encoder_config = dict(encoder_config or {})
+    sr_module = StableSRModule.from_unet(unet, cond_channels=encoder_config.get("out_channels", 256), **encoder_config)
+    converted = convert_sr_module(state, unet_config=dict(unet.config), encoder_config=encoder_config)
+    load_strict(sr_module, converted, "StableSR SR module (SFT + time-aware encoder)")
     return sr_module.eval()
 
 
@@ -178,7 +181,7 @@ def build_text_encoder(state: dict) -> OpenCLIPTextEncoder:
     return encoder.eval()
 
 
-def load_sd_folder(folder: Path, parts: Parts, base: Base):
+def load_sd_folder(folder: Path):
     """SD 2.x diffusers folder -> (unet, plain VAE state (diffusers keys), text_encoder, tokenizer)."""
     for sub in ("unet", "vae"):
         if not (folder / sub / "config.json").is_file():
@@ -205,8 +208,14 @@ def load_transformers_text(folder: Path):
 
 
 def build_pipeline(checkpoints: list[str | Path], *, base: Base | str | None = None, trust_pickle: bool = False,
-                   keep_text_encoder: bool = False, text_encoder_folder: str | Path | None = None):
-    """Assemble a StableSRPipeline from the user's files (see the module docstring)."""
+                   keep_text_encoder: bool = False, text_encoder_folder: str | Path | None = None,
+                   unet_config: dict | None = None, vae_config: dict | None = None,
+                   encoder_config: dict | None = None):
+    """Assemble a StableSRPipeline from the user's files (see the module docstring).
+
+    `unet_config` / `vae_config` (diffusers configs) and `encoder_config` (TimeAwareEncoder kwargs)
+    override the shipped SD 2.x configs, for custom or small models.
+    """
     from stablesr.pipelines.stablesr import StableSRPipeline
 
     parts = Parts()
@@ -226,14 +235,14 @@ def build_pipeline(checkpoints: list[str | Path], *, base: Base | str | None = N
         base_name = base
     text_encoder = tokenizer = None
     if base_folder is not None:
-        unet, vae_state, text_encoder, tokenizer = load_sd_folder(base_folder, parts, base_name)
+        unet, vae_state, text_encoder, tokenizer = load_sd_folder(base_folder)
     elif parts.unet:
-        unet, vae_state = build_unet(parts.unet, shipped_config(base_name, "unet")), None
+        unet, vae_state = build_unet(parts.unet, unet_config or shipped_config(base_name, "unet")), None
     else:
         raise WeightsNotFoundError(f"no SD UNet: give the full official checkpoint or an SD base ({base_name}) as a "
                                    "diffusers folder or a single file. " + OBTAIN_HINT)
-    sr_module = build_sr_module(parts.sr_module, unet)
-    vae_config = shipped_config(base_name, "vae")
+    sr_module = build_sr_module(parts.sr_module, unet, encoder_config)
+    vae_config = vae_config or shipped_config(base_name, "vae")
     if vae_state is not None and not parts.cfw:
         vae = CFWAutoencoderKL(**vae_config)
         load_strict(vae, vae_state, "SD VAE", allow_missing_prefix="fusion_layer")
