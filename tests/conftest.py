@@ -68,3 +68,51 @@ def assert_close_scaled(actual, expected, rel: float, name: str = "") -> float:
     err = (actual - expected).abs().max().item()
     assert err <= rel * scale, f"{name}: max|diff| {err:.3e} > {rel:.0e} * {scale:.3g}"
     return err / scale
+
+
+def make_tiny_pipeline(seed: int = 0, *, cfw_trained: bool = True, prediction_type: str = "epsilon"):
+    """A StableSRPipeline of real components at a tiny size with seeded random weights (no files needed).
+
+    UNet widths 32/64/64/64 (22 resnets like SD 2.x), encoder 32 channels, VAE 32/32/64/64 with CFW
+    fusion blocks, cross-attention width 32, and random cached '' / negative prompt embeddings.
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
+    from stablesr.models.sft_unet import StableSRModule
+    from stablesr.models.text_encoder import OFFICIAL_NEGATIVE_PROMPT, PromptEmbeddings
+    from stablesr.pipelines.stablesr import StableSRPipeline
+    from stablesr.weights.loading import make_scheduler
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64, 64, 64), layers_per_block=2, cross_attention_dim=32,
+                                attention_head_dim=(2, 4, 4, 4), use_linear_projection=True, sample_size=16,
+                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    sr_module = StableSRModule.from_unet(unet, cond_channels=32, model_channels=32, num_heads=4)
+    vae = CFWAutoencoderKL(block_out_channels=(32, 32, 64, 64), latent_channels=4, layers_per_block=1,
+                           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                           sample_size=128)
+    with torch.no_grad():  # non-trivial fusion so fidelity matters
+        for p in list(vae.fusion_layer_1.parameters()) + list(vae.fusion_layer_2.parameters()):
+            p.add_(0.02 * torch.randn_like(p))
+    prompts = PromptEmbeddings.from_tensors({"null": torch.randn(1, 77, 32), "negative": torch.randn(1, 77, 32)},
+                                            {"null": "", "negative": OFFICIAL_NEGATIVE_PROMPT})
+    pipe = StableSRPipeline(unet=unet.eval(), sr_module=sr_module.eval(), vae=vae.eval(),
+                            scheduler=make_scheduler(prediction_type), prompt_embeds=prompts, cfw_trained=cfw_trained)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline():
+    return make_tiny_pipeline(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_pipeline):
+    """The tiny pipeline saved as a model folder (configs + safetensors), as `stablesr convert` writes."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -268,4 +268,4 @@ def load_pipeline(model: str | Path, *, torch_dtype: torch.dtype = torch.float32
     folder = Path(model).expanduser()
     if not (folder / "model_index.json").is_file():
         raise WeightsNotFoundError(f"model folder {folder} not found (no model_index.json there). " + OBTAIN_HINT)
-    return StableSRPipeline.from_pretrained(folder, torch_dtype=torch_dtype, local_files_only=True)
+    return StableSRPipeline.from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
