@@ -1,0 +1,83 @@
+"""`stablesr upscale` end to end on a tiny random model folder (real components, CPU)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stablesr.cli.main import main
+
+FAST = ["--steps", "2", "--tile-size", "16", "--tile-overlap", "8", "--no-progress"]
+
+
+def write_photo(path, size=(56, 40), mode="RGB"):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
+    rgb = np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1) % 256 + rng.integers(0, 20, (size[1], size[0], 3))
+    image = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+    if mode == "RGBA":
+        image = image.convert("RGBA")
+        image.putalpha(Image.fromarray((xx * 4 % 256).astype(np.uint8)))
+    image.save(path)
+    return path
+
+
+def test_upscales_a_non_square_image_larger_than_one_tile(tmp_path, tiny_model_dir):
+    src = write_photo(tmp_path / "photo.png")  # 56x40 -> 224x160, latent 28x20: 3 x 2 tiles of 16
+    code = main(["upscale", str(src), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir), *FAST])
+    assert code == 0
+    out = Image.open(tmp_path / "out" / "photo.png")
+    assert out.size == (224, 160) and out.mode == "RGB"
+
+
+def test_existing_outputs_need_a_flag_and_bad_files_do_not_stop_the_rest(tmp_path, tiny_model_dir, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_photo(inputs / "a.png")
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    write_photo(inputs / "c.png", mode="RGBA")
+    out = tmp_path / "out"
+    args = ["upscale", str(inputs), "-o", str(out), "--model", str(tiny_model_dir), *FAST]
+    assert main(args) == 1  # one bad file -> non-zero exit, the others written
+    assert (out / "a.png").is_file() and (out / "c.png").is_file() and not (out / "broken.png").exists()
+    assert "broken.png" in capsys.readouterr().out
+    assert Image.open(out / "c.png").mode == "RGBA"  # alpha upscaled and re-attached
+    before = (out / "a.png").read_bytes()
+    assert main(args) == 2  # refuses to overwrite silently
+    assert "already exists" in capsys.readouterr().err
+    assert main([*args, "--skip-existing"]) == 1  # only the broken file is retried
+    assert (out / "a.png").read_bytes() == before
+    assert main([*args, "--overwrite", "--seed", "7"]) == 1
+    assert (out / "a.png").read_bytes() != before
+
+
+def test_runs_writes_seeded_samples_in_subfolders(tmp_path, tiny_model_dir):
+    src = write_photo(tmp_path / "p.png", size=(24, 16))
+    out = tmp_path / "out"
+    assert main(["upscale", str(src), "-o", str(out), "--model", str(tiny_model_dir), "--runs", "2", *FAST]) == 0
+    first, second = (np.asarray(Image.open(out / f"sample{k}" / "p.png")) for k in range(2))
+    assert first.shape == (64, 96, 3) and not np.array_equal(first, second)
+
+
+def test_without_weights_one_clear_message_says_what_to_get(tmp_path):
+    src = write_photo(tmp_path / "p.png", size=(24, 16))
+    result = subprocess.run([sys.executable, "-m", "stablesr", "upscale", str(src), "-o", str(tmp_path / "o")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "stablesr_000117.ckpt" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "o" / "p.png").exists()
+
+
+def test_missing_model_folder_is_reported_clearly(tmp_path, capsys):
+    src = write_photo(tmp_path / "p.png", size=(24, 16))
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "nope"), *FAST]) == 2
+    assert "model_index.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--faithful", "--preset=turbo"])
+def test_sampling_flags_are_accepted(tmp_path, tiny_model_dir, flag):
+    src = write_photo(tmp_path / "p.png", size=(24, 16))
+    args = ["upscale", str(src), "-o", str(tmp_path / "o"), "--model", str(tiny_model_dir), *FAST, flag]
+    assert main(args) == 0
