@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# One intra-op thread: tiny models gain nothing from more, and oversubscribed cores (parallel
+# jobs, DataLoader workers) slow OpenMP spin-waits down by 10x or more. Override with
+# STABLESR_TEST_THREADS.
+torch.set_num_threads(int(os.environ.get("STABLESR_TEST_THREADS", "1")))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("STABLESR_SHARED", REPO_ROOT.parent / "shared"))

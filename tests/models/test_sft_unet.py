@@ -169,3 +169,27 @@ def test_sr_module_save_and_load_round_trip(tmp_path):
     assert isinstance(loaded.encoder, torch.nn.Module)
     for key, tensor in sr_module.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], tensor), key
+
+
+def test_two_wrappers_on_one_unet_each_modulate_only_inside_their_own_forward():
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from stablesr.models.sft_unet import SFTUNet, StableSRModule
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64, 64, 64), layers_per_block=2, cross_attention_dim=32,
+                                attention_head_dim=(2, 4, 4, 4), use_linear_projection=True, sample_size=8,
+                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3).eval()
+    first = SFTUNet(unet, StableSRModule.from_unet(unet, cond_channels=32, model_channels=32).eval())
+    x, lr, ctx, t = torch.randn(1, 4, 16, 16), torch.randn(1, 4, 16, 16), torch.randn(1, 77, 32), torch.tensor([500])
+    with torch.no_grad():
+        alone = first(x, t, ctx, lr)
+        second = SFTUNet(unet, StableSRModule.from_unet(unet, cond_channels=32, model_channels=32).eval())
+        assert torch.equal(first(x, t, ctx, lr), alone)
+        assert not torch.equal(second(x, t, ctx, lr), alone)
+        bare = unet(x, t, encoder_hidden_states=ctx).sample  # outside both forwards: no SFT
+        first.remove_hooks()
+        second.remove_hooks()
+        assert torch.equal(unet(x, t, encoder_hidden_states=ctx).sample, bare)

@@ -134,6 +134,8 @@ class SFTUNet(nn.Module):
 
     def _make_hook(self, index: int) -> Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor]:
         def modulate(module: nn.Module, inputs: tuple, h: torch.Tensor) -> torch.Tensor:
+            if self._cond_feats is None:  # outside this wrapper's forward: the plain UNet (another wrapper may be active)
+                return h
             # The SFT layer runs in the SR module's dtype (e.g. fp32 beside an fp16 UNet); no-op casts when equal.
             cond = self._cond_for_width(h.shape[-1])
             return self.sr_module.sft_layers[index](h.to(cond.dtype), cond).to(h.dtype)
@@ -141,8 +143,6 @@ class SFTUNet(nn.Module):
         return modulate
 
     def _cond_for_width(self, width: int) -> torch.Tensor:
-        if self._cond_feats is None:
-            raise RuntimeError("the SFT hooks ran outside SFTUNet.forward; call remove_hooks() to use the bare UNet")
         if width not in self._cond_feats:
             raise ValueError(
                 f"no encoder feature of width {width} (have {sorted(self._cond_feats)}): "
