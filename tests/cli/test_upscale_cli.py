@@ -81,3 +81,28 @@ def test_sampling_flags_are_accepted(tmp_path, tiny_model_dir, flag):
     src = write_photo(tmp_path / "p.png", size=(24, 16))
     args = ["upscale", str(src), "-o", str(tmp_path / "o"), "--model", str(tiny_model_dir), *FAST, flag]
     assert main(args) == 0
+
+
+def test_bf16_runs_and_stays_close_to_fp32(tmp_path, tiny_model_dir):
+    src = write_photo(tmp_path / "p.png", size=(24, 16))
+    for dtype in ("fp32", "bf16"):
+        args = ["upscale", str(src), "-o", str(tmp_path / dtype), "--model", str(tiny_model_dir), "--dtype", dtype]
+        assert main([*args, *FAST, "--color-fix", "none"]) == 0
+    fp32, bf16 = (np.asarray(Image.open(tmp_path / d / "p.png"), dtype=np.float64) for d in ("fp32", "bf16"))
+    assert np.abs(fp32 - bf16).mean() < 25  # same picture, lower precision (8-bit levels)
+
+
+def test_realesrgan_baseline_and_preclean(tmp_path, tiny_model_dir):
+    from stablesr.errors import WeightsNotFoundError
+    from stablesr.weights.realesrgan import find_realesrgan_ncnn_files
+
+    try:
+        find_realesrgan_ncnn_files()
+    except WeightsNotFoundError as error:
+        pytest.skip(str(error))
+    src = write_photo(tmp_path / "p.png", size=(24, 16))
+    assert main(["upscale", str(src), "-o", str(tmp_path / "esr"), "--method", "realesrgan", "--no-progress"]) == 0
+    assert Image.open(tmp_path / "esr" / "p.png").size == (96, 64)
+    args = ["upscale", str(src), "-o", str(tmp_path / "pre"), "--model", str(tiny_model_dir), "--preclean", "realesrgan"]
+    assert main([*args, *FAST]) == 0
+    assert Image.open(tmp_path / "pre" / "p.png").size == (96, 64)

@@ -98,13 +98,13 @@ def run(args: argparse.Namespace) -> int:
           f"SR module (encoder + SFT) {params[1]:.1f} M, CFW VAE {params[2]:.1f} M parameters")
     print(f"device {device}, threads {torch.get_num_threads()}, image {args.image_size}x{args.image_size} "
           f"(latent {args.image_size // 8}x{args.image_size // 8}, one tile), {args.steps} timed steps")
-    baseline = None
+    baseline, first = None, args.dtypes.split(",")[0].strip()
     for name in args.dtypes.split(","):
         results = bench_dtype(models, dtypes[name.strip()], device, args.image_size, args.steps, args.seed)
         baseline = baseline or results
         unet_s = results["unet"][0]
         for phase, (seconds, peak) in results.items():
-            ratios = f"x{seconds / baseline[phase][0]:.2f} vs fp32-run" if baseline is not results else ""
+            ratios = f"x{seconds / baseline[phase][0]:.2f} vs {first}" if baseline is not results else ""
             overhead = f"  x{seconds / unet_s:.2f} vs bare UNet" if phase == "unet+sft+encoder" else ""
             print(f"  {name:5s} {phase:24s} {seconds * 1000:9.1f} ms  peak {peak:8.0f} MB  {ratios}{overhead}")
     return 0

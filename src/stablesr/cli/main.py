@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from stablesr.errors import StableSRError
 
+    try:  # diffusers' info/warning chatter (dtype casts, component loading) is noise on the command line
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
     try:
         return int(modules[args.command].run(args) or 0)
     except StableSRError as error:  # one clear line for the user, no traceback

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tiles.add_argument("--tile-batch-size", type=int, default=None, help="tiles per UNet call (default 4)")
     tiles.add_argument("--vae-tile-size", type=int, default=None, help="VAE tile size in pixels (default 1024)")
     add_device_arguments(parser)
+    parser.add_argument("--vae-dtype", default="fp32", choices=["fp32", "same"],
+                        help="VAE precision: fp32 (default; avoids black/NaN images and slow CPU bf16 convs) or the "
+                             "same as --dtype")
     output = parser.add_argument_group("output")
     exist = output.add_mutually_exclusive_group()
     exist.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists")

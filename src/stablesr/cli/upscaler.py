@@ -56,6 +56,8 @@ class Upscaler:
         else:
             raise WeightsNotFoundError(NO_MODEL_MESSAGE)
         pipe.to(self.device)
+        if args.vae_dtype == "fp32":
+            pipe.vae.to(dtype=torch.float32)
         pipe.set_progress_bar_config(disable=not self.progress, leave=False)
         return pipe
 

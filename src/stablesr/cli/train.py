@@ -1,0 +1,67 @@
+"""`stablesr train {stablesr,cfw} --config FILE.yaml [--section.option VALUE ...]`: run a training stage.
+
+Every field of the stage's config dataclass (`stablesr.training.config`) is also a command-line
+option; values are parsed as YAML (`--run.max_steps 100`, `--data.hr_folders "[a, b]"`). The same
+command runs on a CPU, one GPU, or many under `accelerate launch` (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+STAGE_HELP = {
+    "stablesr": "stage 1: time-aware encoder + SFT layers on a frozen SD UNet",
+    "cfw": "CFW: the autoencoder's fusion layers on generated triplets",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from stablesr.training.config import STAGES, option_names
+
+    stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for stage, help_text in STAGE_HELP.items():
+        sub = stages.add_parser(stage, help=help_text, description=help_text)
+        sub.add_argument("--config", metavar="FILE.yaml", help="YAML file filling the config (options below win)")
+        sub.add_argument("--export", metavar="FOLDER",
+                         help="also write the trained pipeline here (the run's output folder always gets one)")
+        sub.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+        options = sub.add_argument_group("config options (override the YAML; values parsed as YAML)")
+        for name, type_text in option_names(STAGES[stage]):
+            options.add_argument(f"--{name}", dest=f"option:{name}", default=argparse.SUPPRESS, metavar="VALUE",
+                                 help=type_text)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from stablesr.cli.common import fail
+    from stablesr.data.records import to_record
+    from stablesr.training.config import load_config
+
+    overrides = {key.split(":", 1)[1]: value for key, value in vars(args).items() if key.startswith("option:")}
+    try:
+        config = load_config(args.stage, args.config, overrides)
+    except (ValueError, TypeError, OSError) as error:
+        return fail(f"bad training config: {error}")
+    if args.print_config:
+        print(json.dumps(to_record(config), indent=2))
+        return 0
+    trainer = make_trainer(args.stage, config)
+    folder = trainer.train()
+    if args.export:
+        trainer.export(args.export)
+    if hasattr(trainer, "close"):
+        trainer.close()
+    trainer.accelerator.print(f"trained {config.run.max_steps} steps; pipeline folder: {folder}"
+                              + (f" and {args.export}" if args.export else ""))
+    return 0
+
+
+def make_trainer(stage: str, config):
+    if stage == "stablesr":
+        from stablesr.training.stablesr_trainer import StableSRTrainer
+
+        return StableSRTrainer(config)
+    from stablesr.training.cfw_trainer import CFWTrainer
+
+    return CFWTrainer(config)
