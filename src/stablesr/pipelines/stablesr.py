@@ -111,7 +111,7 @@ class StableSRPipeline(DiffusionPipeline):
         if self.tokenizer is None:
             tokens = empty_prompt_tokens(self.prompt_embeds.config.context_length)
         else:
-            tokens = self.tokenizer(text, padding="max_length", max_length=self.tokenizer.model_max_length,
+            tokens = self.tokenizer(text, padding="max_length", max_length=self.prompt_embeds.config.context_length,
                                     truncation=True, return_tensors="pt").input_ids
         hidden = self.text_encoder(tokens.to(device))
         return hidden if torch.is_tensor(hidden) else hidden.last_hidden_state

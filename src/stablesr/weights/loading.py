@@ -182,18 +182,19 @@ def build_text_encoder(state: dict) -> OpenCLIPTextEncoder:
 
 
 def load_sd_folder(folder: Path):
-    """SD 2.x diffusers folder -> (unet, plain VAE state (diffusers keys), text_encoder, tokenizer)."""
+    """SD 2.x diffusers folder -> (unet, plain VAE state (diffusers keys), VAE config, text_encoder, tokenizer)."""
     for sub in ("unet", "vae"):
         if not (folder / sub / "config.json").is_file():
             raise WeightsNotFoundError(f"{folder} is not a diffusers SD folder: {folder / sub / 'config.json'} is missing")
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).eval().requires_grad_(False)
     from diffusers import AutoencoderKL
 
-    vae_state = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True).state_dict()
+    plain_vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
+    vae_config = {k: v for k, v in plain_vae.config.items() if not k.startswith("_")}
     text_encoder = tokenizer = None
     if (folder / "text_encoder").is_dir() and (folder / "tokenizer").is_dir():
         text_encoder, tokenizer = load_transformers_text(folder)
-    return unet, vae_state, text_encoder, tokenizer
+    return unet, plain_vae.state_dict(), vae_config, text_encoder, tokenizer
 
 
 def load_transformers_text(folder: Path):
@@ -235,7 +236,8 @@ def build_pipeline(checkpoints: list[str | Path], *, base: Base | str | None = N
         base_name = base
     text_encoder = tokenizer = None
     if base_folder is not None:
-        unet, vae_state, text_encoder, tokenizer = load_sd_folder(base_folder)
+        unet, vae_state, folder_vae_config, text_encoder, tokenizer = load_sd_folder(base_folder)
+        vae_config = vae_config or folder_vae_config
     elif parts.unet:
         unet, vae_state = build_unet(parts.unet, unet_config or shipped_config(base_name, "unet")), None
     else:
