@@ -106,3 +106,26 @@ def test_realesrgan_baseline_and_preclean(tmp_path, tiny_model_dir):
     args = ["upscale", str(src), "-o", str(tmp_path / "pre"), "--model", str(tiny_model_dir), "--preclean", "realesrgan"]
     assert main([*args, *FAST]) == 0
     assert Image.open(tmp_path / "pre" / "p.png").size == (96, 64)
+
+
+def test_half_precision_falls_back_to_fp32_when_non_finite_values_appear(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import torch
+
+    from stablesr.pipelines.stablesr import NonFiniteOutputError, StableSRPipeline
+
+    original = StableSRPipeline._upscale_one
+    seen = []
+
+    def flaky(self, *args, **kwargs):  # simulate fp16/bf16 overflow: NaN unless the UNet runs in fp32
+        seen.append(self.unet.dtype)
+        if self.unet.dtype != torch.float32:
+            raise NonFiniteOutputError("NaN in the sampled latent")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableSRPipeline, "_upscale_one", flaky)
+    src = write_photo(tmp_path / "p.png", size=(24, 16))
+    args = ["upscale", str(src), "-o", str(tmp_path / "o"), "--model", str(tiny_model_dir), "--dtype", "bf16", *FAST]
+    assert main(args) == 0
+    assert seen == [torch.bfloat16, torch.float32]
+    assert "switching to float32" in capsys.readouterr().err
+    assert Image.open(tmp_path / "o" / "p.png").size == (96, 64)
