@@ -14,14 +14,6 @@ from stablesr.cli.main import main
 from stablesr.data.degradations import apply_degradation, params_from_record
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Small ops on a busy 2-core machine run far faster single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture
 def hr_dir(tmp_path):

@@ -11,14 +11,6 @@ from stablesr.errors import WeightsNotFoundError
 from stablesr.metrics.dists import DISTS, L2Pool, _WEIGHTS_FILE
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """VGG convolutions on a shared 2-core machine are ~50x slower with 2 threads than with 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def reference_l2_pool(x: torch.Tensor) -> torch.Tensor:
     """sqrt of x^2 blurred by [1 2 1]^T [1 2 1] / 16 over zero-padded 3x3 windows taken every 2 pixels."""

@@ -10,14 +10,6 @@ from stablesr.errors import WeightsNotFoundError
 from stablesr.metrics.lpips import LPIPS, _HEADS_FILE
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """VGG convolutions on a shared 2-core machine are ~50x slower with 2 threads than with 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 SLICES = {"alex": [(0, 2), (2, 5), (5, 8), (8, 10), (10, 12)], "vgg": [(0, 4), (4, 9), (9, 16), (16, 23), (23, 30)]}
 

@@ -6,7 +6,6 @@ Targets are a literal table; each module has `add_arguments(parser)` and `run(ar
 from __future__ import annotations
 
 import argparse
-import importlib
 
 TARGETS = {
     "models": ("stablesr.bench.models", "encoder+UNet+SFT per step and VAE encode/decode"),
@@ -16,17 +15,12 @@ TARGETS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from stablesr.cli.main import add_subcommands
+
     sub = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
-    for name, (module_name, help_text) in TARGETS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue
-        target = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(target)
-        target.set_defaults(bench_run=module.run)
+    modules = add_subcommands(sub, TARGETS)
+    for name, module in modules.items():
+        sub.choices[name].set_defaults(bench_run=module.run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,14 +21,10 @@ COMMANDS = {
 }
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    parser = argparse.ArgumentParser(prog="stablesr", description="Diffusion-prior image super-resolution.")
-    from stablesr import __version__
-
-    parser.add_argument("--version", action="version", version=f"stablesr {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+def add_subcommands(subparsers, table: dict[str, tuple[str, str]]) -> dict:
+    """One sub-parser per importable module of `table` ({name: (module, help)}); returns {name: module}."""
     modules = {}
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, (module_name, help_text) in table.items():
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
@@ -38,7 +34,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(sub)
         modules[name] = module
-    return parser, modules
+    return modules
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    parser = argparse.ArgumentParser(prog="stablesr", description="Diffusion-prior image super-resolution.")
+    from stablesr import __version__
+
+    parser.add_argument("--version", action="version", version=f"stablesr {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    return parser, add_subcommands(subparsers, COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:
