@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from stablesr.cli.common import resolve_device, resolve_dtype
-from stablesr.errors import StableSRError, WeightsNotFoundError
+from stablesr.errors import WeightsNotFoundError
 from stablesr.imaging import load_image, resize_alpha, save_image_atomic, tensor_to_image
 
 NO_MODEL_MESSAGE = (
@@ -34,7 +34,6 @@ class Upscaler:
         self.settings = settings_from_args(args)
         self.method = args.method
         self.progress = not args.no_progress
-        self.bit_depth_follow_input = True
         self.realesrgan = None
         if args.method == "realesrgan" or args.preclean == "realesrgan":
             self.realesrgan = self._load_realesrgan(args.realesrgan_weights)
