@@ -24,7 +24,7 @@ def _tiny_models():
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    tiny = _tiny_models()  # also applies its temporary shims
+    tiny = _tiny_models()
     root = tmp_path_factory.mktemp("train_cli")
     tiny.make_tiny_pipeline().save_pretrained(root / "init", safe_serialization=True)
     tiny.write_hr_images(root / "hr", count=3)

@@ -11,6 +11,7 @@ TARGETS = {
     "models": ("stablesr.bench.models", "encoder+UNet+SFT per step and VAE encode/decode"),
     "degrade": ("stablesr.bench.degrade", "degraded LR/HR pairs per second"),
     "realesrgan": ("stablesr.bench.realesrgan", "the Real-ESRGAN x4plus baseline"),
+    "train": ("stablesr.bench.train", "stage-1 training steps/s and peak memory"),
 }
 
 

@@ -1,0 +1,124 @@
+"""Training checkpoints: everything needed to continue a run bit-identically.
+
+A checkpoint is a folder `OUTPUT/checkpoints/step-00001500/` holding
+
+    trainable.safetensors   the trainable weights only (encoder + SFT, or the CFW fusion layers)
+    ema.safetensors         their moving average (when EMA is on)
+    discriminator.safetensors   (CFW only)
+    optimizer.pt            optimizer / LR-scheduler / grad-scaler states (torch.save)
+    rng.pt                  Python, NumPy and torch RNG states of the main process
+    rank0.pt, rank1.pt ...  per-process extras (the degradation queue when degrading on device)
+    trainer_state.json      step and the config that produced it
+
+The frozen UNet / VAE are not stored: they are rebuilt from the run's initialisation source.
+A folder is complete only once renamed from `step-XXXXXXXX.tmp`, so a crash mid-save never
+leaves a checkpoint that `resume: latest` would pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from stablesr.errors import StableSRError
+
+CHECKPOINTS = "checkpoints"
+
+
+def checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / CHECKPOINTS / f"step-{step:08d}"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first."""
+    folder = Path(output_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
+    """'latest' -> the newest checkpoint of the run (None when there is none yet); a path -> itself."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise StableSRError(f"{path} is not a training checkpoint (no trainer_state.json)")
+    return path
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints (keep <= 0 keeps everything)."""
+    if keep > 0:
+        for old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old)
+
+
+def capture_rng() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def contiguous_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
+
+
+def write_main_files(folder: Path, *, step: int, weights: dict[str, dict[str, torch.Tensor]], states: dict,
+                     config_record: dict) -> None:
+    """Main-process files of a checkpoint; `weights` maps a file stem to a state dict."""
+    for stem, state in weights.items():
+        save_file(contiguous_cpu(state), str(folder / f"{stem}.safetensors"))
+    torch.save(states, folder / "optimizer.pt")
+    torch.save(capture_rng(), folder / "rng.pt")
+    (folder / "trainer_state.json").write_text(json.dumps({"step": step, "config": config_record}, indent=2))
+
+
+def finalize(folder: Path) -> Path:
+    """Rename `step-X.tmp` to `step-X` (replacing an older folder of the same step)."""
+    final = folder.with_name(folder.name.removesuffix(".tmp"))
+    if final.exists():
+        shutil.rmtree(final)
+    folder.rename(final)
+    return final
+
+
+def read_step(folder: Path) -> int:
+    return int(json.loads((folder / "trainer_state.json").read_text())["step"])
+
+
+def read_weights(folder: Path, stem: str) -> dict[str, torch.Tensor] | None:
+    path = folder / f"{stem}.safetensors"
+    return load_file(str(path)) if path.is_file() else None
+
+
+def read_states(folder: Path) -> dict:
+    # RNG states hold NumPy objects, so rng.pt needs full unpickling; it is our own file.
+    return torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
+
+
+def read_rng(folder: Path) -> dict:
+    return torch.load(folder / "rng.pt", map_location="cpu", weights_only=False)
+
+
+def read_rank_state(folder: Path, rank: int) -> dict | None:
+    path = folder / f"rank{rank}.pt"
+    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None

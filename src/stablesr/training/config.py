@@ -1,0 +1,223 @@
+"""Typed, frozen training configs for StableSR stage 1 and CFW (https://arxiv.org/abs/2305.07015).
+
+A YAML file only fills these dataclasses; every field can also be set on the command line as
+`--section.field value` (the value is parsed as YAML: `--run.max_steps 100`,
+`--data.hr_folders "[a, b]"`). Defaults follow the official recipe (section 9 and 7 of the
+paper's code release): AdamW lr 5e-5, batch 6 x accumulation 4 per GPU, 512 crops, checkpoints
+every 1500 steps; CFW: Adam betas (0.5, 0.9), L1 + LPIPS + hinge PatchGAN with weight 0.025 from
+step 501, batch 1 x accumulation 8.
+
+This module imports no torch, so the CLI can list every option instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from stablesr.data.records import from_record, to_record, with_overrides
+
+Base = Literal["sd21-base", "sd21-768v", "sd-turbo"]
+DegradationPreset = Literal["realesrgan", "stablesr", "ccsr", "bsrgan", "bicubic"]
+MixedPrecision = Literal["no", "fp16", "bf16"]
+Config = TypeVar("Config")
+
+
+@dataclass(frozen=True)
+class ModelInit:
+    """Where the starting weights come from (exactly one of pipeline / checkpoints / base).
+
+    - `pipeline`: a folder written by `stablesr convert` or by a previous training run;
+    - `checkpoints`: official files for `build_pipeline` (e.g. stablesr_000117.ckpt);
+    - `base`: "from scratch": an SD 2.x base (diffusers folder or single file) + a fresh SR module.
+    `fresh_sr_module` re-initialises the SR module of a pipeline/checkpoint (same sizes).
+    """
+
+    pipeline: str | None = None
+    checkpoints: tuple[str, ...] = ()
+    base: str | None = None
+    base_name: Base = "sd21-base"
+    trust_pickle: bool = False
+    fresh_sr_module: bool = False
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """HR folders degraded on the fly. `degrade_on` 'loader' degrades each item in the DataLoader
+    workers (independent draws per image); 'device' degrades whole batches on the accelerator
+    through the Real-ESRGAN shuffle queue of `queue_size` pairs (saved in checkpoints)."""
+
+    hr_folders: tuple[str, ...] = ()
+    crop_size: int = 512
+    min_size: int = 384
+    min_bytes: int = 0
+    hflip: bool = True
+    degradation: DegradationPreset = "stablesr"
+    scale: int = 4
+    degrade_on: Literal["loader", "device"] = "loader"
+    queue_size: int = 180
+    batch_size: int = 6
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """AdamW (stage 1; torch defaults as the official code) or Adam (CFW: betas (0.5, 0.9), no decay)."""
+
+    learning_rate: float = 5e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    max_grad_norm: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The loop: steps are optimizer steps (each = `gradient_accumulation_steps` micro-batches)."""
+
+    output_dir: str = "runs/stablesr"
+    max_steps: int = 800_000
+    gradient_accumulation_steps: int = 4
+    mixed_precision: MixedPrecision = "no"
+    gradient_checkpointing: bool = False
+    ema_decay: float = 0.0
+    checkpoint_every: int = 1500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    validate_every: int = 1500
+    validation_images: tuple[str, ...] = ()
+    validation_steps: int = 20
+    seed: int = 23
+    resume: str | None = None
+    cpu: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class StableSRTrainConfig:
+    """`stablesr train stablesr`: time-aware encoder + SFT layers on a frozen SD UNet and VAE."""
+
+    model: ModelInit = field(default_factory=ModelInit)
+    data: DataSettings = field(default_factory=DataSettings)
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+
+
+@dataclass(frozen=True)
+class CFWDataSettings:
+    """Folders written by `stablesr generate-cfw-data` (inputs/, gts/, latents/)."""
+
+    folders: tuple[str, ...] = ()
+    batch_size: int = 1
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class CFWLossSettings:
+    """L1 + perceptual_weight * LPIPS(VGG) + disc_weight * hinge GAN (constant weight, as the
+    official run: its adaptive weight falls back to the constant). The discriminator (a 3-layer
+    PatchGAN) trains from step `disc_start` on."""
+
+    l1_weight: float = 1.0
+    perceptual_weight: float = 1.0
+    lpips_backbone_path: str | None = None
+    disc_weight: float = 0.025
+    disc_start: int = 501
+    disc_channels: int = 64
+    disc_layers: int = 3
+
+
+@dataclass(frozen=True)
+class CFWTrainConfig:
+    """`stablesr train cfw`: only the two CFW fusion layers (and the discriminator) train."""
+
+    pipeline: str | None = None
+    fresh_fusion: bool = True
+    data: CFWDataSettings = field(default_factory=CFWDataSettings)
+    loss: CFWLossSettings = field(default_factory=CFWLossSettings)
+    optimizer: OptimizerSettings = field(
+        default_factory=lambda: OptimizerSettings(betas=(0.5, 0.9), weight_decay=0.0))
+    run: RunSettings = field(
+        default_factory=lambda: RunSettings(output_dir="runs/cfw", gradient_accumulation_steps=8, max_steps=100_000))
+
+
+STAGES: dict[str, type] = {"stablesr": StableSRTrainConfig, "cfw": CFWTrainConfig}
+
+
+def config_from_dict(cls: type[Config], data: dict) -> Config:
+    """Defaults of `cls` with the nested `data` applied; unknown keys and bad Literal values raise."""
+    config = with_overrides(cls(), data or {})
+    check_literals(config)
+    return config
+
+
+def check_literals(config) -> None:
+    """Raise ValueError for a string option outside its Literal choices (recursively)."""
+    hints = typing.get_type_hints(type(config))
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            check_literals(value)
+        elif typing.get_origin(hints[item.name]) is Literal and value not in typing.get_args(hints[item.name]):
+            raise ValueError(f"{item.name} must be one of {typing.get_args(hints[item.name])}, got {value!r}")
+
+
+def parse_overrides(pairs: dict[str, str]) -> dict:
+    """{'run.max_steps': '100'} -> {'run': {'max_steps': 100}} (values parsed as YAML)."""
+    import yaml
+
+    nested: dict = {}
+    for dotted, text in pairs.items():
+        *sections, name = dotted.split(".")
+        target = nested
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[name] = yaml.safe_load(text) if isinstance(text, str) else text
+    return nested
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """Nested dict merge; `extra` wins."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(stage: Literal["stablesr", "cfw"], path: str | Path | None, overrides: dict[str, str] | None = None):
+    """The config of `stage` from a YAML file (optional) plus dotted command-line overrides."""
+    import yaml
+
+    data = (yaml.safe_load(Path(path).read_text()) or {}) if path is not None else {}
+    return config_from_dict(STAGES[stage], merge(data, parse_overrides(overrides or {})))
+
+
+def option_names(cls: type, prefix: str = "") -> list[tuple[str, str]]:
+    """Every leaf option as (dotted name, type text), for the command line's --help."""
+    hints = typing.get_type_hints(cls)
+    names = []
+    for item in dataclasses.fields(cls):
+        hint = hints[item.name]
+        if dataclasses.is_dataclass(hint):
+            names += option_names(hint, f"{prefix}{item.name}.")
+        else:
+            names.append((f"{prefix}{item.name}", str(hint).replace("typing.", "")))
+    return names
+
+
+def save_config_json(config, path: str | Path) -> None:
+    Path(path).write_text(json.dumps({"stage": stage_of(config), **to_record(config)}, indent=2))
+
+
+def load_config_json(path: str | Path):
+    data = json.loads(Path(path).read_text())
+    return from_record(STAGES[data.pop("stage")], data)
+
+
+def stage_of(config) -> str:
+    return next(name for name, cls in STAGES.items() if isinstance(config, cls))
