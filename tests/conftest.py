@@ -122,3 +122,22 @@ def tiny_model_dir(tmp_path_factory, tiny_pipeline):
     folder = tmp_path_factory.mktemp("tiny-model")
     tiny_pipeline.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def write_hr_images(folder, count: int = 4, size: int = 72, seed: int = 0):
+    """Smooth random colour images (bilinear-upsampled noise), so degradations have something to remove."""
+    import numpy as np
+    import PIL.Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        small = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
+        image = PIL.Image.fromarray(small).resize((size, size), PIL.Image.BILINEAR)
+        image.save(folder / f"hr{index}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hr_folder(tmp_path_factory):
+    return write_hr_images(tmp_path_factory.mktemp("hr"))

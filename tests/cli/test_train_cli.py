@@ -10,6 +10,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 
+from conftest import write_hr_images
 from stablesr.cli.main import main
 
 TRAINING_TESTS = Path(__file__).resolve().parents[1] / "training"
@@ -27,7 +28,7 @@ def workspace(tmp_path_factory):
     tiny = _tiny_models()
     root = tmp_path_factory.mktemp("train_cli")
     tiny.make_tiny_pipeline().save_pretrained(root / "init", safe_serialization=True)
-    tiny.write_hr_images(root / "hr", count=3)
+    write_hr_images(root / "hr", count=3)
     (root / "train.yaml").write_text(
         f"model: {{pipeline: {root / 'init'}}}\n"
         f"data: {{hr_folders: [{root / 'hr'}], crop_size: 64, min_size: 64, batch_size: 2, num_workers: 0}}\n"

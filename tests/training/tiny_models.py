@@ -1,9 +1,7 @@
-"""Tiny seeded StableSR pipelines and HR image folders shared by the training and train-CLI tests."""
+"""A tiny seeded StableSR pipeline for the training and train-CLI tests (smaller than conftest's, for speed)."""
 
 from __future__ import annotations
 
-import numpy as np
-import PIL.Image
 import torch
 
 
@@ -34,14 +32,3 @@ def make_tiny_pipeline(seed: int = 0, *, prediction_type: str = "epsilon"):
     embeds = PromptEmbeddings.from_tensors({"null": torch.randn(1, 77, 16)}, {"null": ""})
     return StableSRPipeline(unet=unet, sr_module=sr_module, vae=vae, scheduler=make_scheduler(prediction_type),
                             prompt_embeds=embeds, cfw_trained=False)
-
-
-def write_hr_images(folder, count: int = 4, size: int = 72, seed: int = 0):
-    """Smooth random colour images (bilinear-upsampled noise), so degradations have something to remove."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for index in range(count):
-        small = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
-        image = PIL.Image.fromarray(small).resize((size, size), PIL.Image.BILINEAR)
-        image.save(folder / f"hr{index}.png")
-    return folder
