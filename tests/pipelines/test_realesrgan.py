@@ -50,12 +50,12 @@ def test_tile_windows_docstring_example_and_cover():
     assert tile_windows(7, 9, tile_size=0, tile_pad=3) == [((0, 7, 0, 9), (0, 7, 0, 9))]
 
 
-def test_tiled_equals_untiled_when_padding_covers_the_receptive_field():
+def test_tiled_equals_untiled_when_half_the_padding_covers_the_receptive_field():
     model = tiny_model()
     image = random_image(37, 45)
     whole = RealESRGANUpscaler(model, tile_size=0).upscale(image)
     radius = model.receptive_radius()
-    tiled = RealESRGANUpscaler(model, tile_size=16, tile_pad=radius).upscale(image)
+    tiled = RealESRGANUpscaler(model, tile_size=16, tile_pad=2 * radius).upscale(image)  # cross-fade uses pad/2
     assert whole.shape == (1, 3, 148, 180)
     assert ((whole > 0) & (whole < 1)).float().mean().item() > 0.99 and whole.std().item() > 0.05
     assert (tiled - whole).abs().max().item() < 1e-5
@@ -68,7 +68,7 @@ def test_nearest_model_upscales_exactly_and_outscale_resizes():
     image = random_image(9, 11, seed=1)
     upscaler = RealESRGANUpscaler(nearest_x4_model(), tile_size=4, tile_pad=2)
     expected = F.interpolate(image, scale_factor=4, mode="nearest")
-    assert torch.equal(upscaler.upscale(image), expected)
+    assert (upscaler.upscale(image) - expected).abs().max().item() < 1e-6  # cross-faded tiles, exact up to rounding
     half = upscaler.upscale(image, outscale=2.0)
     assert half.shape == (1, 3, 18, 22)
     flat = torch.full((1, 3, 9, 11), 0.375)
@@ -105,3 +105,12 @@ def test_bad_settings_are_rejected():
         RealESRGANUpscaler(tiny_model(), tile_size=-1)
     with pytest.raises(ValueError, match="outscale"):
         RealESRGANUpscaler(tiny_model()).upscale(random_image(4, 4), outscale=0)
+
+
+def test_cross_fade_weights_of_neighbours_sum_to_one_and_skip_the_outer_half_pad():
+    from stablesr.pipelines.realesrgan import fade_weights
+
+    end = fade_weights(8, 1, 4, fade_start=False, fade_end=True)
+    start = fade_weights(8, 1, 4, fade_start=True, fade_end=False)
+    assert end[-2:].eq(0).all() and start[:2].eq(0).all()  # the outer pad/2 carries no weight
+    assert torch.allclose(end + start, torch.ones(8))
