@@ -7,7 +7,8 @@ import torch
 
 from conftest import assert_close_scaled
 from stablesr.cli.main import main
-from stablesr.models.text_encoder import OpenCLIPTextEncoder, empty_prompt_tokens
+from stablesr.models.text_encoder import (OFFICIAL_NEGATIVE_PROMPT, OpenCLIPTextEncoder, empty_prompt_tokens,
+                                          known_prompt_tokens)
 from stablesr.weights.keymap_unet import encoder_config_from_ldm, unet_config_from_ldm
 from stablesr.weights.keymap_vae import vae_config_from_ldm
 from stablesr.weights.loading import load_pipeline
@@ -51,6 +52,9 @@ def test_convert_then_load_reproduces_the_official_end_to_end_case(tmp_path, off
     assert pipe.config.cfw_trained and pipe.prediction_type == "epsilon"
     with torch.no_grad():  # the cached '' embedding is the text tower's penultimate layer + ln_final
         assert torch.allclose(pipe.prompt_embeds.null, text(empty_prompt_tokens()), atol=1e-6)
+        negative = text(known_prompt_tokens(OFFICIAL_NEGATIVE_PROMPT))  # cached without a tokenizer
+        assert torch.allclose(pipe.encode_prompt(OFFICIAL_NEGATIVE_PROMPT), negative, atol=1e-6)
+        assert not torch.allclose(negative, pipe.prompt_embeds.null)
         pipe.prompt_embeds.null.copy_(parity_cases["b.context"])  # the fixture's stand-in for OpenCLIP('')
     cases = parity_cases
     draws = iter(cases[f"i.noise.{k:03d}"] for k in range(6))

@@ -63,3 +63,14 @@ def test_prompt_embeddings_round_trip_and_lookup(tmp_path):
     assert torch.equal(loaded.find(""), null)
     assert torch.equal(loaded.find("blurry"), negative)
     assert loaded.find("sharp") is None
+
+
+def test_known_prompt_tokens_wrap_the_official_prompts_in_start_end_and_zero_padding():
+    from stablesr.models.text_encoder import OFFICIAL_NEGATIVE_PROMPT, OFFICIAL_POSITIVE_PROMPT, known_prompt_tokens
+
+    for text, length in ((OFFICIAL_NEGATIVE_PROMPT, 23), (OFFICIAL_POSITIVE_PROMPT, 24)):
+        tokens = known_prompt_tokens(text)[0]
+        assert tokens[0] == START_TOKEN and tokens[length - 1] == END_TOKEN
+        assert tokens[1 : length - 1].gt(0).all() and tokens[1 : length - 1].lt(START_TOKEN).all()
+        assert tokens[length:].eq(0).all()
+    assert known_prompt_tokens("a photo") is None  # anything else needs a tokenizer

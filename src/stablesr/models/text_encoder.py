@@ -26,11 +26,32 @@ OFFICIAL_NEGATIVE_PROMPT = "3d, cartoon, anime, sketches, (worst quality:2), (lo
 OFFICIAL_POSITIVE_PROMPT = "(masterpiece:2), (best quality:2), (realistic:2), (very clear:2)"
 
 
+# OpenCLIP BPE token ids (between start and end) of the fixed prompts, so their embeddings can be
+# cached from an official checkpoint without shipping the 1.4 MB vocabulary. Derived with the CLIP
+# BPE vocabulary (bpe_simple_vocab_16e6); check: 'a photo' -> [320, 1125].
+KNOWN_PROMPT_TOKENS: dict[str, list[int]] = {
+    "": [],
+    OFFICIAL_NEGATIVE_PROMPT: [274, 323, 267, 7651, 267, 6469, 267, 17622, 267, 263, 5719, 3027, 281, 273, 2361,
+                               263, 1042, 3027, 281, 273, 264],
+    OFFICIAL_POSITIVE_PROMPT: [263, 12066, 281, 273, 2361, 263, 949, 3027, 281, 273, 2361, 263, 16157, 281, 273,
+                               2361, 263, 1070, 3143, 281, 273, 264],
+}
+
+
+def known_prompt_tokens(text: str, context_length: int = 77) -> torch.Tensor | None:
+    """OpenCLIP token ids of a prompt in KNOWN_PROMPT_TOKENS -> (1, context_length) int64
+    ([start, ..., end, 0, 0, ...], OpenCLIP's zero padding), or None for any other text."""
+    if text not in KNOWN_PROMPT_TOKENS:
+        return None
+    ids = [START_TOKEN, *KNOWN_PROMPT_TOKENS[text], END_TOKEN]
+    tokens = torch.zeros(1, context_length, dtype=torch.long)
+    tokens[0, : len(ids)] = torch.tensor(ids)
+    return tokens
+
+
 def empty_prompt_tokens(context_length: int = 77) -> torch.Tensor:
     """OpenCLIP token ids of '' : [start, end, 0, 0, ...] -> (1, context_length) int64 (no vocabulary needed)."""
-    tokens = torch.zeros(1, context_length, dtype=torch.long)
-    tokens[0, 0], tokens[0, 1] = START_TOKEN, END_TOKEN
-    return tokens
+    return known_prompt_tokens("", context_length)
 
 
 class MLP(nn.Module):

@@ -26,7 +26,7 @@ from stablesr.errors import StableSRError
 from stablesr.imaging import image_to_tensor, postprocess_sr, preprocess_lr
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.models.sft_unet import SFTUNet, StableSRModule
-from stablesr.models.text_encoder import PromptEmbeddings, OFFICIAL_NEGATIVE_PROMPT, empty_prompt_tokens
+from stablesr.models.text_encoder import OFFICIAL_NEGATIVE_PROMPT, PromptEmbeddings, known_prompt_tokens
 from stablesr.sampling.samplers import default_noise_sampler, q_sample, sample_ddim, sample_ddpm
 from stablesr.sampling.schedules import betas_scaled_linear, ddim_schedule, respaced_schedule
 from stablesr.sampling.tiled_vae import decode_tiled, encode_tiled
@@ -102,14 +102,14 @@ class StableSRPipeline(DiffusionPipeline):
         cached = self.prompt_embeds.find(text)
         if cached is not None:
             return cached
-        if self.text_encoder is None or (text != "" and self.tokenizer is None):
+        if self.text_encoder is None or (known_prompt_tokens(text) is None and self.tokenizer is None):
             raise StableSRError(
                 f"no cached embedding for the prompt {text!r} and no text encoder/tokenizer in this model; "
                 "re-run `stablesr convert` with --text-encoder SD21_DIFFUSERS_FOLDER (which has text_encoder/ and "
                 "tokenizer/) to enable custom prompts")
         device = self.text_encoder.device
         if self.tokenizer is None:
-            tokens = empty_prompt_tokens(self.prompt_embeds.config.context_length)
+            tokens = known_prompt_tokens(text, self.prompt_embeds.config.context_length)
         else:
             tokens = self.tokenizer(text, padding="max_length", max_length=self.prompt_embeds.config.context_length,
                                     truncation=True, return_tensors="pt").input_ids

@@ -23,7 +23,7 @@ from stablesr.errors import CheckpointMismatchError, StableSRError, WeightsNotFo
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.models.sft_unet import StableSRModule
 from stablesr.models.text_encoder import (OFFICIAL_NEGATIVE_PROMPT, OFFICIAL_POSITIVE_PROMPT, OpenCLIPTextEncoder,
-                                          PromptEmbeddings, empty_prompt_tokens)
+                                          PromptEmbeddings, known_prompt_tokens)
 from stablesr.weights.io import load_state_dict
 from stablesr.weights.keymap_unet import convert_ldm_unet, convert_sr_module
 from stablesr.weights.keymap_vae import convert_cfw, convert_ldm_vae
@@ -148,22 +148,21 @@ def build_vae(parts: Parts, vae_config: dict) -> tuple[CFWAutoencoderKL, bool]:
 @torch.no_grad()
 def build_prompt_embeddings(text_encoder: torch.nn.Module | None, tokenizer=None, *,
                             null_embedding: torch.Tensor | None = None) -> PromptEmbeddings:
-    """Cache '' (and, with a tokenizer, the official negative/positive prompts) so inference needs no text model."""
+    """Cache '' and the official negative/positive prompts so inference needs no text model."""
     if null_embedding is not None:
         return PromptEmbeddings.from_tensors({"null": null_embedding}, {"null": ""})
     if text_encoder is None:
         raise WeightsNotFoundError("no text encoder weights to compute the empty-prompt embedding; give a full "
                                    "official checkpoint or an SD base (folder or single file). " + OBTAIN_HINT)
-    prompts = {"null": ""}
-    if tokenizer is not None:
-        prompts.update(negative=OFFICIAL_NEGATIVE_PROMPT, positive=OFFICIAL_POSITIVE_PROMPT)
+    prompts = {"null": "", "negative": OFFICIAL_NEGATIVE_PROMPT, "positive": OFFICIAL_POSITIVE_PROMPT}
     embeddings = {name: encode_text(text_encoder, tokenizer, text) for name, text in prompts.items()}
     return PromptEmbeddings.from_tensors(embeddings, prompts)
 
 
 def encode_text(text_encoder, tokenizer, text: str) -> torch.Tensor:
+    """(1, 77, D) embedding; without a tokenizer only the KNOWN_PROMPT_TOKENS texts can be encoded."""
     if tokenizer is None:
-        tokens = empty_prompt_tokens()
+        tokens = known_prompt_tokens(text)
     else:
         tokens = tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     out = text_encoder(tokens)
