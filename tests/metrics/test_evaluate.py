@@ -54,7 +54,7 @@ def test_runs_limit_and_flat_folder(folders):
 
 
 def test_pairing_errors(folders, tmp_path):
-    root, gts, _ = folders
+    root, _, _ = folders
     (root / "gt" / "b.png").unlink()
     with pytest.raises(EvaluationError, match="no ground truth .* for: b"):
         evaluate_folder(root / "pred", gt_dir=root / "gt")
@@ -65,7 +65,9 @@ def test_pairing_errors(folders, tmp_path):
         evaluate_folder(root / "pred", gt_dir=root / "gt", runs=4)
     with pytest.raises(EvaluationError, match="need ground truth"):
         evaluate_folder(root / "pred", metrics=["ssim"])
-    with pytest.raises(EvaluationError, match="unknown metric fid"):
+    with pytest.raises(EvaluationError, match="unknown metric piqe"):
+        evaluate_folder(root / "pred", metrics=["piqe"])
+    with pytest.raises(EvaluationError, match="fid need ground truth"):
         evaluate_folder(root / "pred", metrics=["fid"])
     (root / "pred" / "sample1" / "a.png").unlink()
     with pytest.raises(EvaluationError, match="hold different images: a"):
@@ -137,3 +139,97 @@ def test_dists_and_no_reference_metrics_match_direct_calls(tmp_path, monkeypatch
     row = result.rows[0]
     assert row["dists"] == pytest.approx(expected, rel=1e-6)
     assert row["niqe"] == niqe(sr) and row["niqe_y"] == niqe(sr, luma="y") and row["brisque"] == brisque(sr)
+
+
+def mean_colour(image: np.ndarray) -> np.ndarray:
+    """A cheap 3-d stand-in for the Inception features (FID's sqrtm on 2048-d takes minutes on 2 cores)."""
+    return image.reshape(-1, 3).mean(axis=0) / 255.0
+
+
+def test_set_metric_gives_one_value_per_run_and_no_rows(folders, monkeypatch):
+    from stablesr.metrics import evaluate as evaluate_module
+    from stablesr.metrics.fid import fid_from_features
+
+    root, gts, runs = folders
+    write(root / "gt" / "c.png", np.full((24, 28, 3), 200, np.uint8))
+    for run in range(3):
+        runs[run]["c"] = np.full((24, 28, 3), 190 + run, np.uint8)
+        write(root / "pred" / f"sample{run}" / "c.png", runs[run]["c"])
+    gts["c"] = np.full((24, 28, 3), 200, np.uint8)
+    fid = evaluate_module.SetMetric(mean_colour, fid_from_features, False)
+    monkeypatch.setitem(evaluate_module.SET_METRICS, "fid", fid)
+    result = evaluate_folder(root / "pred", gt_dir=root / "gt", metrics=["fid", "psnr"], crop_border=2)
+    names = ("a", "b", "c")
+    gt_features = np.stack([mean_colour(gts[n]) for n in names])
+    expected = [fid_from_features(np.stack([mean_colour(runs[r][n]) for n in names]), gt_features) for r in range(3)]
+    assert result.metrics == ("fid", "psnr")
+    assert result.set_values == {"fid": expected} and expected[0] != expected[1]
+    assert result.mean["fid"] == pytest.approx(np.mean(expected), abs=1e-15)
+    assert "fid" not in result.g_std and "psnr" in result.g_std
+    assert all(set(row) == {"name", "run", "psnr"} for row in result.rows) and len(result.rows) == 9
+    from stablesr.cli.evaluate import format_table, write_csv
+
+    assert f"fid        {np.mean(expected):>10.4f} {'-':>10}" in format_table(result).splitlines()
+    write_csv(result, root / "rows.csv")
+    assert (root / "rows.csv").read_text().splitlines()[0] == "name,run,psnr"
+    identical = evaluate_folder(root / "gt", gt_dir=root / "gt", metrics=["fid"])  # a set against itself
+    assert identical.runs == 1 and identical.rows == [{"name": n, "run": 0} for n in names]
+    assert identical.set_values["fid"][0] == pytest.approx(0.0, abs=1e-12)
+    (root / "gt" / "a.png").unlink()
+    (root / "gt" / "b.png").unlink()
+    with pytest.raises(EvaluationError, match="fid compare image sets and need at least 2 images, got 1"):
+        evaluate_folder(root / "gt", gt_dir=root / "gt", metrics=["fid"])
+
+
+def test_fid_metric_is_pool3_of_the_cached_inception(tmp_path, monkeypatch):
+    import torch
+
+    from stablesr.errors import WeightsNotFoundError
+    from stablesr.metrics import evaluate as evaluate_module
+    from stablesr.metrics.fid import WEIGHTS_FILE, FIDInceptionV3, fid_from_features
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    evaluate_module.fid_model.cache_clear()
+    image = np.random.default_rng(3).integers(0, 256, (33, 45, 3), dtype=np.uint8)
+    with pytest.raises(WeightsNotFoundError, match=WEIGHTS_FILE):
+        evaluate_module.SET_METRICS["fid"].features(image)
+    torch.manual_seed(0)
+    donor = FIDInceptionV3().eval()
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(donor.state_dict(), tmp_path / "torch" / "hub" / "checkpoints" / WEIGHTS_FILE)
+    try:
+        features = evaluate_module.SET_METRICS["fid"].features(image)
+    finally:
+        evaluate_module.fid_model.cache_clear()
+    with torch.no_grad():
+        expected = donor(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)[0].double().numpy()
+    assert features.shape == (2048,)
+    np.testing.assert_allclose(features, expected, rtol=1e-6, atol=1e-12)
+    assert evaluate_module.SET_METRICS["fid"].distance is evaluate_module.fid_distance
+    small = np.random.default_rng(4).normal(size=(5, 3))
+    assert evaluate_module.fid_distance(small, small + 1) == pytest.approx(fid_from_features(small, small + 1))
+
+
+def test_clipiqa_metric_scores_each_whole_image(tmp_path, monkeypatch):
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    from stablesr.metrics import evaluate as evaluate_module
+    from stablesr.metrics.clipiqa import CLIPIQA
+
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 8}
+    torch.manual_seed(0)
+    clip = transformers.CLIPModel(transformers.CLIPConfig(vision_config=vision, projection_dim=256)).eval()
+    prompt_features = torch.nn.functional.normalize(torch.randn(2, 256), dim=-1)
+    processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    metric = CLIPIQA(clip, prompt_features, processor)
+    monkeypatch.setattr(evaluate_module, "clipiqa_model", lambda: metric)
+    rng = np.random.default_rng(5)
+    images = {name: rng.integers(0, 256, (40, 44, 3), dtype=np.uint8) for name in ("a", "b")}
+    for name, image in images.items():
+        write(tmp_path / "pred" / f"{name}.png", image)
+    result = evaluate_folder(tmp_path / "pred", metrics=["clipiqa"], crop_border=4)  # no ground truth needed
+    expected = metric.score_images([images["a"], images["b"]])  # uncropped: no-reference metrics see it all
+    assert [row["clipiqa"] for row in result.rows] == pytest.approx(list(expected), rel=1e-5)
+    assert result.mean["clipiqa"] == pytest.approx(expected.mean(), rel=1e-5)

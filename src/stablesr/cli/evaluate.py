@@ -1,7 +1,8 @@
 """`stablesr evaluate PRED --gt GT --metrics psnr,ssim,niqe [--runs N] [--crop-border 4] [--json F] [--csv F] [--plot F]`.
 
 Prints a table (mean per metric; with runs also G-STD per metric and L-STD, as CCSR defines them:
-https://arxiv.org/abs/2401.00877) and writes per-image rows to JSON / CSV.
+https://arxiv.org/abs/2401.00877) and writes per-image rows to JSON / CSV. Set-level metrics (FID) have one
+value per run (in the JSON summary), no per-image rows and no G-STD ("-" in the table).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", default="psnr,ssim",
                         help="comma-separated: psnr, ssim (Y of BT.601), psnr_rgb, ssim_rgb, niqe (MATLAB rgb2gray), "
                              "niqe_y (BT.601 Y, as BasicSR), brisque, lpips, lpips_vgg, dists (these three need "
-                             "torchvision's ImageNet file in $TORCH_HOME/hub/checkpoints)")
+                             "torchvision's ImageNet file in $TORCH_HOME/hub/checkpoints), clipiqa (CLIP ViT-B/32 from the "
+                             "Hugging Face cache, not pyiqa's RN50 numbers), fid (one value per folder "
+                             "pair and run; needs pt_inception-2015-12-05-6726825d.pth in $TORCH_HOME/hub/checkpoints)")
     parser.add_argument("--runs", type=int, default=None,
                         help="number of sampleK/ folders to read (default: all present, or a flat folder)")
     parser.add_argument("--crop-border", type=int, default=0,
@@ -35,7 +38,8 @@ def format_table(evaluation) -> str:
     lines = [f"{len(evaluation.rows) // evaluation.runs} images, {evaluation.runs} run(s)", header]
     for metric in evaluation.metrics:
         line = f"{metric:<10} {evaluation.mean[metric]:>10.4f}"
-        lines.append(line + (f" {evaluation.g_std[metric]:>10.4f}" if with_runs else ""))
+        g_std = f"{evaluation.g_std[metric]:>10.4f}" if metric in evaluation.g_std else f"{'-':>10}"
+        lines.append(line + (f" {g_std}" if with_runs else ""))
     if evaluation.l_std is not None:
         lines.append(f"{'L-STD':<10} {evaluation.l_std:>10.6f}")
     return "\n".join(lines)
@@ -44,7 +48,8 @@ def format_table(evaluation) -> str:
 def write_json(evaluation, path: Path) -> None:
     import json
 
-    summary = {"runs": evaluation.runs, "mean": evaluation.mean, "g_std": evaluation.g_std, "l_std": evaluation.l_std}
+    summary = {"runs": evaluation.runs, "mean": evaluation.mean, "g_std": evaluation.g_std, "l_std": evaluation.l_std,
+               "set_values": evaluation.set_values}
     path.write_text(json.dumps({"summary": summary, "rows": evaluation.rows}, indent=2, allow_nan=True) + "\n")
 
 
@@ -52,13 +57,14 @@ def write_csv(evaluation, path: Path) -> None:
     import csv
 
     with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=["name", "run", *evaluation.metrics])
+        per_image = [metric for metric in evaluation.metrics if metric not in evaluation.set_values]
+        writer = csv.DictWriter(file, fieldnames=["name", "run", *per_image])
         writer.writeheader()
         writer.writerows(evaluation.rows)
 
 
 def draw_plot(evaluation, path: Path) -> None:
-    """One box plot with the per-image points for each metric."""
+    """One box plot with the per-image points for each per-image metric (set metrics have no distribution)."""
     try:
         import matplotlib
 
@@ -66,8 +72,11 @@ def draw_plot(evaluation, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError as error:
         raise SystemExit("error: --plot needs matplotlib (pip install matplotlib)") from error
-    figure, axes = plt.subplots(1, len(evaluation.metrics), figsize=(3 * len(evaluation.metrics), 3.5), squeeze=False)
-    for axis, metric in zip(axes[0], evaluation.metrics):
+    per_image = [metric for metric in evaluation.metrics if metric not in evaluation.set_values]
+    if not per_image:
+        raise SystemExit("error: --plot draws per-image metrics; add one to --metrics")
+    figure, axes = plt.subplots(1, len(per_image), figsize=(3 * len(per_image), 3.5), squeeze=False)
+    for axis, metric in zip(axes[0], per_image):
         values = [row[metric] for row in evaluation.rows]
         axis.boxplot(values)
         axis.scatter([1] * len(values), values, s=8, alpha=0.6)

@@ -7,12 +7,16 @@ Layouts of the prediction folder (what `stablesr upscale` writes):
 Stability follows CCSR (https://arxiv.org/abs/2401.00877), see `stability.py`. `crop_border` applies to
 the full-reference metrics (PSNR, SSIM, LPIPS, DISTS) and to L-STD (as in the papers' scripts); no-reference metrics
 see the whole image. Files pair by stem, so `0001.png` matches `0001.jpg`.
+
+Set-level metrics (FID) compare the whole prediction folder with the whole ground-truth folder: features are
+taken per image (each file read once, no border crop), and one value comes out per run, not per image.
+Their mean is over runs; they have no per-image rows and no G-STD.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,6 +37,16 @@ class Metric:
 
     compute: Callable[[np.ndarray, np.ndarray | None, int], float]
     needs_gt: bool
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class SetMetric:
+    """A metric of the prediction set against the ground-truth set: `features` maps one (H, W, 3) uint8 image to
+    a (D,) vector, `distance` maps the (N, D) prediction and ground-truth features of one run to the value."""
+
+    features: Callable[[np.ndarray], np.ndarray]
+    distance: Callable[[np.ndarray, np.ndarray], float]
     higher_is_better: bool
 
 
@@ -80,6 +94,41 @@ def dists_value(sr: np.ndarray, gt: np.ndarray, crop_border: int) -> float:
         return float(dists_model()(sr_tensor, gt_tensor)[0])
 
 
+@lru_cache(maxsize=1)
+def clipiqa_model():
+    """CLIP-IQA on openai/clip-vit-base-patch32 from the Hugging Face cache (not pyiqa's RN50; see clipiqa.py)."""
+    from stablesr.metrics.clipiqa import CLIPIQA
+
+    return CLIPIQA.from_pretrained()
+
+
+def clipiqa_value(sr: np.ndarray) -> float:
+    """CLIP-IQA of one (H, W, 3) uint8 image (whole image, resized and centre-cropped by CLIP's processor)."""
+    return float(clipiqa_model().score_images([sr])[0])
+
+
+@lru_cache(maxsize=1)
+def fid_model():
+    """FID InceptionV3 from the torch hub cache (raises WeightsNotFoundError naming the file)."""
+    from stablesr.metrics.fid import FIDInceptionV3
+
+    return FIDInceptionV3.from_file()
+
+
+def fid_image_features(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (2048,) pool3 features of the FID Inception (whole image, resized to 299)."""
+    from stablesr.metrics.fid import inception_features
+
+    return inception_features(fid_model(), [image])[0]
+
+
+def fid_distance(pred_features: np.ndarray, gt_features: np.ndarray) -> float:
+    """FID of one run: (N, 2048) prediction features against (N, 2048) ground-truth features."""
+    from stablesr.metrics.fid import fid_from_features
+
+    return fid_from_features(pred_features, gt_features)
+
+
 METRICS: dict[str, Metric] = {
     "psnr": Metric(lambda sr, gt, crop: psnr(sr, gt, crop_border=crop), True, True),
     "ssim": Metric(lambda sr, gt, crop: ssim(sr, gt, crop_border=crop), True, True),
@@ -91,6 +140,11 @@ METRICS: dict[str, Metric] = {
     "lpips": Metric(lambda sr, gt, crop: lpips_value(sr, gt, crop, "alex"), True, False),
     "lpips_vgg": Metric(lambda sr, gt, crop: lpips_value(sr, gt, crop, "vgg"), True, False),
     "dists": Metric(lambda sr, gt, crop: dists_value(sr, gt, crop), True, False),
+    "clipiqa": Metric(lambda sr, gt, crop: clipiqa_value(sr), False, True),
+}
+
+SET_METRICS: dict[str, SetMetric] = {
+    "fid": SetMetric(fid_image_features, fid_distance, False),
 }
 
 
@@ -102,9 +156,10 @@ class EvaluationError(StableSRError):
 class Evaluation:
     """Per-image rows and the summary.
 
-    rows: one dict per (image, run): {"name", "run", metric: value}.
-    mean: metric -> mean over images and runs.  g_std: metric -> G-STD (only with 2+ runs).
-    l_std: L-STD over the set (only with 2+ runs).
+    rows: one dict per (image, run): {"name", "run", metric: value} for the per-image metrics.
+    mean: metric -> mean over images and runs (set metrics: over runs).
+    g_std: per-image metric -> G-STD (only with 2+ runs).  l_std: L-STD over the set (only with 2+ runs).
+    set_values: set metric (FID) -> one value per run.
     """
 
     metrics: tuple[str, ...]
@@ -113,6 +168,7 @@ class Evaluation:
     mean: dict[str, float]
     g_std: dict[str, float]
     l_std: float | None
+    set_values: dict[str, list[float]] = field(default_factory=dict)
 
 
 def image_files(folder: Path) -> dict[str, Path]:
@@ -178,14 +234,20 @@ def evaluate_folder(
     read: Callable[[Path], np.ndarray] = read_rgb,
 ) -> Evaluation:
     """Compute `metrics` for every prediction in `pred_dir` (flat, or `sampleK/` runs) against `gt_dir`."""
-    unknown = [name for name in metrics if name not in METRICS]
+    unknown = [name for name in metrics if name not in METRICS and name not in SET_METRICS]
     if unknown:
-        raise EvaluationError(f"unknown metric {', '.join(unknown)}; available: {', '.join(METRICS)}")
-    if gt_dir is None and any(METRICS[name].needs_gt for name in metrics):
-        raise EvaluationError(f"{', '.join(n for n in metrics if METRICS[n].needs_gt)} need ground truth: pass --gt")
+        raise EvaluationError(f"unknown metric {', '.join(unknown)}; available: {', '.join([*METRICS, *SET_METRICS])}")
+    image_metrics = [name for name in metrics if name in METRICS]
+    set_metrics = [name for name in metrics if name in SET_METRICS]
+    needing_gt = [name for name in metrics if name in SET_METRICS or METRICS[name].needs_gt]
+    if gt_dir is None and needing_gt:
+        raise EvaluationError(f"{', '.join(needing_gt)} need ground truth: pass --gt")
     run_dirs = run_folders(Path(pred_dir), runs)
     pairs = pair_files(run_dirs, None if gt_dir is None else Path(gt_dir))
+    if set_metrics and len(pairs) < 2:
+        raise EvaluationError(f"{', '.join(set_metrics)} compare image sets and need at least 2 images, got {len(pairs)}")
     rows, local_stds = [], []
+    features = {metric: ([], [[] for _ in run_dirs]) for metric in set_metrics}  # metric -> (gt, per run)
     for name, pred_paths, gt_path in pairs:
         gt = None if gt_path is None else read(gt_path)
         outputs = [read(path) for path in pred_paths]
@@ -193,10 +255,33 @@ def evaluate_folder(
             if gt is not None and sr.shape != gt.shape:
                 raise EvaluationError(f"{pred_paths[run]} is {sr.shape[1]}x{sr.shape[0]} but its ground truth "
                                       f"{gt_path} is {gt.shape[1]}x{gt.shape[0]}")
-            rows.append({"name": name, "run": run, **compute_metrics(metrics, sr, gt, crop_border, pred_paths[run])})
+            rows.append({"name": name, "run": run,
+                         **compute_metrics(image_metrics, sr, gt, crop_border, pred_paths[run])})
+        collect_set_features(features, gt, outputs)
         if len(outputs) > 1:
             local_stds.append(local_std_image(crop_stack(outputs, crop_border, pred_paths)))
-    return summarise(tuple(metrics), len(run_dirs), rows, local_stds)
+    evaluation = summarise(tuple(image_metrics), len(run_dirs), rows, local_stds)
+    return add_set_metrics(evaluation, tuple(metrics), features)
+
+
+def collect_set_features(features: dict[str, tuple[list, list[list]]], gt: np.ndarray,
+                         outputs: list[np.ndarray]) -> None:
+    """Append one image's features: the ground truth once, each run's prediction to its run."""
+    for metric, (gt_features, run_features) in features.items():
+        gt_features.append(SET_METRICS[metric].features(gt))
+        for run, sr in enumerate(outputs):
+            run_features[run].append(SET_METRICS[metric].features(sr))
+
+
+def add_set_metrics(evaluation: Evaluation, metrics: tuple[str, ...],
+                    features: dict[str, tuple[list, list[list]]]) -> Evaluation:
+    """One value per run for each set metric; its mean over runs joins `mean`; `metrics` back in user order."""
+    set_values = {
+        metric: [SET_METRICS[metric].distance(np.stack(run), np.stack(gt_features)) for run in run_features]
+        for metric, (gt_features, run_features) in features.items()
+    }  # N x (D,) -> (N, D) per run
+    mean = {**evaluation.mean, **{metric: float(np.mean(values)) for metric, values in set_values.items()}}
+    return replace(evaluation, metrics=metrics, mean=mean, set_values=set_values)
 
 
 def compute_metrics(metrics: Sequence[str], sr: np.ndarray, gt: np.ndarray | None, crop_border: int,
