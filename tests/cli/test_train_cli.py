@@ -74,3 +74,21 @@ def test_cfw_data_then_cfw_training(workspace):
                  "--run.output_dir", str(workspace / "cfw_run"), "--run.progress", "false"]) == 0
     index = json.loads((workspace / "cfw_run" / "model_index.json").read_text())
     assert index["cfw_trained"] is True
+
+
+def test_two_process_cpu_ddp_run_trains_checkpoints_and_exports(workspace, tmp_path):
+    """torchrun with 2 ranks on CPU: accelerate runs them as one gloo DDP job (one writer per checkpoint)."""
+    import os
+    import subprocess
+    import sys
+
+    output = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "stablesr", "train", "stablesr", "--config", str(workspace / "train.yaml"),
+               "--run.max_steps", "2", "--run.checkpoint_every", "1", "--run.output_dir", str(output)]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "training on 2 process(es) (MULTI_CPU)" in result.stdout
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
+    assert (output / "model_index.json").is_file()

@@ -53,7 +53,9 @@ class Trainer:
         self.config = config
         self.run = run = config.run
         check_run_settings(run, self.batch_size)
-        self.accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=run.cpu,
+        # Without an accelerator, accelerate only turns torchrun ranks into CPU DDP (gloo) when told cpu=True.
+        no_accelerator = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+        self.accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=run.cpu or no_accelerator,
                                        gradient_accumulation_steps=run.gradient_accumulation_steps)
         self.output_dir = Path(run.output_dir)
         torch.manual_seed(run.seed)  # identical fresh initialisations on every process
@@ -103,6 +105,8 @@ class Trainer:
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config_json(self.config, self.output_dir / "training_config.json")
+            print(f"training on {accelerator.num_processes} process(es) ({accelerator.distributed_type.value}), "
+                  f"device {accelerator.device}", flush=True)
         batches = batch_stream(self.dataset, batch_size=self.batch_size, seed=run.seed,
                                rank=accelerator.process_index, world=accelerator.num_processes,
                                start_item=self.step * run.gradient_accumulation_steps * self.batch_size,
