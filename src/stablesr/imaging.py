@@ -13,11 +13,12 @@ import secrets
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -236,10 +237,31 @@ def save_image_atomic(
     size = image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
     if alpha is not None and alpha.size != size:
         raise ValueError(f"alpha size {alpha.size} differs from the image size {size} (use resize_alpha)")
+    return write_file_atomic(
+        path, lambda file: _write(file, image, file_format, alpha=alpha, icc_profile=icc_profile, bit_depth=bit_depth),
+        overwrite=overwrite)
+
+
+def check_output_path(path: str | Path, *, overwrite: bool = False) -> Path:
+    """Refuse an existing `path` (OutputExistsError unless `overwrite`) and an unwritable folder (StableSRError),
+    so a long job can fail before its work rather than after it."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists (pass --overwrite to replace it)")
+    _create_temp(path).unlink()
+    return path
+
+
+def write_file_atomic(path: str | Path, write: Callable[[BinaryIO], None], *, overwrite: bool = False) -> Path:
+    """Call `write(file)` on a temporary file beside `path`, then rename it into place, so `path` is never
+    half-written; an existing `path` raises OutputExistsError unless `overwrite`."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists (pass overwrite=True to replace it)")
     temp_path = _create_temp(path)
     try:
         with open(temp_path, "wb") as file:
-            _write(file, image, file_format, alpha=alpha, icc_profile=icc_profile, bit_depth=bit_depth)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp_path, path)

@@ -64,3 +64,46 @@ def test_evaluate_no_reference_metrics_without_gt(tmp_path, capsys):
     assert report["summary"]["mean"]["niqe"] == pytest.approx(np.mean([niqe(image) for image in images]), rel=1e-12)
     assert main(["evaluate", str(tmp_path / "pred"), "--metrics", "psnr"]) == 1
     assert "need ground truth" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_existing_outputs_before_any_work(pair_folders, capsys, monkeypatch):
+    import stablesr.metrics.evaluate as evaluate_module
+
+    root = pair_folders
+    (root / "out.csv").write_text("keep me")
+    calls = []
+    monkeypatch.setattr(evaluate_module, "compute_metrics", lambda *args: calls.append(args) or {})
+    code = main(["evaluate", str(root / "pred"), "--gt", str(root / "gt"), "--json", str(root / "out.json"),
+                 "--csv", str(root / "out.csv")])
+    assert code == 1 and "out.csv already exists" in capsys.readouterr().err
+    assert calls == [] and (root / "out.csv").read_text() == "keep me" and not (root / "out.json").exists()
+    monkeypatch.undo()
+    assert main(["evaluate", str(root / "pred"), "--gt", str(root / "gt"), "--csv", str(root / "out.csv"),
+                 "--overwrite"]) == 0
+    assert (root / "out.csv").read_text().startswith("name,run,psnr,ssim")
+    assert sorted(path.name for path in root.iterdir()) == ["gt", "out.csv", "pred"]  # no temporary files left
+
+
+def test_evaluate_refuses_an_unwritable_output_folder(pair_folders, capsys):
+    root = pair_folders
+    (root / "blocker").write_text("a file where a folder is needed")
+    code = main(["evaluate", str(root / "pred"), "--gt", str(root / "gt"), "--json", str(root / "blocker" / "r.json")])
+    assert code == 1 and "cannot write" in capsys.readouterr().err
+
+
+def test_evaluate_plot_draws_a_png(pair_folders):
+    pytest.importorskip("matplotlib")
+    root = pair_folders
+    assert main(["evaluate", str(root / "pred"), "--gt", str(root / "gt"), "--metrics", "psnr,ssim",
+                 "--plot", str(root / "dist.png")]) == 0
+    with Image.open(root / "dist.png") as image:
+        assert image.format == "PNG" and image.size == (600, 350)  # 3 in x 3.5 in per metric at 100 dpi
+
+
+def test_evaluate_plot_without_matplotlib_fails_before_work(pair_folders, capsys, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
+    assert main(["evaluate", str(pair_folders / "pred"), "--plot", str(pair_folders / "p.png"), "--metrics", "niqe"]) == 2
+    assert "needs matplotlib" in capsys.readouterr().err and not (pair_folders / "p.png").exists()

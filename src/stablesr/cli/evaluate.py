@@ -8,6 +8,7 @@ value per run (in the JSON summary), no per-image rows and no G-STD ("-" in the 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -29,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", type=Path, default=None, help="write per-image rows as CSV")
     parser.add_argument("--plot", type=Path, default=None,
                         help="draw per-image metric distributions to a PNG (needs matplotlib)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing --json / --csv / --plot files (default: refuse before any work)")
 
 
 def format_table(evaluation) -> str:
@@ -48,19 +51,26 @@ def format_table(evaluation) -> str:
 def write_json(evaluation, path: Path) -> None:
     import json
 
+    from stablesr.imaging import write_file_atomic
+
     summary = {"runs": evaluation.runs, "mean": evaluation.mean, "g_std": evaluation.g_std, "l_std": evaluation.l_std,
                "set_values": evaluation.set_values}
-    path.write_text(json.dumps({"summary": summary, "rows": evaluation.rows}, indent=2, allow_nan=True) + "\n")
+    text = json.dumps({"summary": summary, "rows": evaluation.rows}, indent=2, allow_nan=True) + "\n"
+    write_file_atomic(path, lambda file: file.write(text.encode()), overwrite=True)
 
 
 def write_csv(evaluation, path: Path) -> None:
     import csv
+    import io
 
-    with path.open("w", newline="") as file:
-        per_image = [metric for metric in evaluation.metrics if metric not in evaluation.set_values]
-        writer = csv.DictWriter(file, fieldnames=["name", "run", *per_image])
-        writer.writeheader()
-        writer.writerows(evaluation.rows)
+    from stablesr.imaging import write_file_atomic
+
+    text = io.StringIO(newline="")
+    per_image = [metric for metric in evaluation.metrics if metric not in evaluation.set_values]
+    writer = csv.DictWriter(text, fieldnames=["name", "run", *per_image])
+    writer.writeheader()
+    writer.writerows(evaluation.rows)
+    write_file_atomic(path, lambda file: file.write(text.getvalue().encode()), overwrite=True)
 
 
 def draw_plot(evaluation, path: Path) -> None:
@@ -72,6 +82,8 @@ def draw_plot(evaluation, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError as error:
         raise SystemExit("error: --plot needs matplotlib (pip install matplotlib)") from error
+    from stablesr.imaging import write_file_atomic
+
     per_image = [metric for metric in evaluation.metrics if metric not in evaluation.set_values]
     if not per_image:
         raise SystemExit("error: --plot draws per-image metrics; add one to --metrics")
@@ -83,20 +95,28 @@ def draw_plot(evaluation, path: Path) -> None:
         axis.set_title(metric)
         axis.set_xticks([])
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    write_file_atomic(path, lambda file: figure.savefig(file, dpi=100, format="png"), overwrite=True)
+    plt.close(figure)
 
 
 def run(args: argparse.Namespace) -> int:
     from stablesr.errors import StableSRError
+    from stablesr.imaging import check_output_path
     from stablesr.metrics.evaluate import evaluate_folder
 
     metrics = [name.strip().lower() for name in args.metrics.split(",") if name.strip()]
     if args.runs is not None and args.runs < 1 or args.crop_border < 0:
         print("error: --runs must be >= 1 and --crop-border >= 0", file=sys.stderr)
         return 2
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        print("error: --plot needs matplotlib (pip install 'stablesr[plot]')", file=sys.stderr)
+        return 2
     try:
+        for output in (args.json, args.csv, args.plot):
+            if output is not None:
+                check_output_path(output, overwrite=args.overwrite)
         evaluation = evaluate_folder(args.pred, gt_dir=args.gt, metrics=metrics, runs=args.runs,
-                                     crop_border=args.crop_border)
+                                     crop_border=args.crop_border, progress=True)
     except (StableSRError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from stablesr.errors import StableSRError
 from stablesr.metrics.brisque import brisque
@@ -232,8 +233,10 @@ def evaluate_folder(
     runs: int | None = None,
     crop_border: int = 0,
     read: Callable[[Path], np.ndarray] = read_rgb,
+    progress: bool = False,
 ) -> Evaluation:
-    """Compute `metrics` for every prediction in `pred_dir` (flat, or `sampleK/` runs) against `gt_dir`."""
+    """Compute `metrics` for every prediction in `pred_dir` (flat, or `sampleK/` runs) against `gt_dir`;
+    `progress` shows a bar over the images on stderr."""
     unknown = [name for name in metrics if name not in METRICS and name not in SET_METRICS]
     if unknown:
         raise EvaluationError(f"unknown metric {', '.join(unknown)}; available: {', '.join([*METRICS, *SET_METRICS])}")
@@ -248,7 +251,7 @@ def evaluate_folder(
         raise EvaluationError(f"{', '.join(set_metrics)} compare image sets and need at least 2 images, got {len(pairs)}")
     rows, local_stds = [], []
     features = {metric: ([], [[] for _ in run_dirs]) for metric in set_metrics}  # metric -> (gt, per run)
-    for name, pred_paths, gt_path in pairs:
+    for name, pred_paths, gt_path in tqdm(pairs, desc="evaluate", unit="image", disable=not progress):
         gt = None if gt_path is None else read(gt_path)
         outputs = [read(path) for path in pred_paths]
         for run, sr in enumerate(outputs):
