@@ -233,3 +233,27 @@ def test_clipiqa_metric_scores_each_whole_image(tmp_path, monkeypatch):
     expected = metric.score_images([images["a"], images["b"]])  # uncropped: no-reference metrics see it all
     assert [row["clipiqa"] for row in result.rows] == pytest.approx(list(expected), rel=1e-5)
     assert result.mean["clipiqa"] == pytest.approx(expected.mean(), rel=1e-5)
+
+
+def test_musiq_metric_scores_each_whole_image_with_the_cached_koniq_model(tmp_path, monkeypatch):
+    import torch
+
+    from stablesr.errors import WeightsNotFoundError
+    from stablesr.metrics import evaluate as evaluate_module
+    from stablesr.metrics.musiq import MUSIQ, TINY_CONFIG, WEIGHTS_FILES, score_image
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    evaluate_module.musiq_model.cache_clear()
+    rng = np.random.default_rng(6)
+    images = {name: rng.integers(0, 256, (40, 52, 3), dtype=np.uint8) for name in ("a", "b")}
+    for name, image in images.items():
+        write(tmp_path / "pred" / f"{name}.png", image)
+    with pytest.raises(WeightsNotFoundError, match=WEIGHTS_FILES["koniq"]):
+        evaluate_folder(tmp_path / "pred", metrics=["musiq"])
+    torch.manual_seed(0)
+    model = MUSIQ(TINY_CONFIG).eval()
+    monkeypatch.setattr(evaluate_module, "musiq_model", lambda: model)
+    result = evaluate_folder(tmp_path / "pred", metrics=["musiq"], crop_border=4)
+    expected = [score_image(model, images[name]) for name in ("a", "b")]  # uncropped: no-reference
+    assert [row["musiq"] for row in result.rows] == expected
+    assert len(set(expected)) == 2 and result.mean["musiq"] == pytest.approx(np.mean(expected), rel=1e-12)

@@ -109,6 +109,22 @@ def clipiqa_value(sr: np.ndarray) -> float:
 
 
 @lru_cache(maxsize=1)
+def musiq_model():
+    """MUSIQ, KonIQ-10k head (pyiqa's `musiq`), from $TORCH_HOME/hub/pyiqa (raises WeightsNotFoundError naming
+    the file)."""
+    from stablesr.metrics.musiq import MUSIQ
+
+    return MUSIQ.from_file(dataset="koniq")
+
+
+def musiq_value(sr: np.ndarray) -> float:
+    """MUSIQ of one (H, W, 3) uint8 image: the whole image at full size plus longer sides 224 and 384."""
+    from stablesr.metrics.musiq import score_image
+
+    return score_image(musiq_model(), sr)
+
+
+@lru_cache(maxsize=1)
 def fid_model():
     """FID InceptionV3 from the torch hub cache (raises WeightsNotFoundError naming the file)."""
     from stablesr.metrics.fid import FIDInceptionV3
@@ -142,6 +158,7 @@ METRICS: dict[str, Metric] = {
     "lpips_vgg": Metric(lambda sr, gt, crop: lpips_value(sr, gt, crop, "vgg"), True, False),
     "dists": Metric(lambda sr, gt, crop: dists_value(sr, gt, crop), True, False),
     "clipiqa": Metric(lambda sr, gt, crop: clipiqa_value(sr), False, True),
+    "musiq": Metric(lambda sr, gt, crop: musiq_value(sr), False, True),
 }
 
 SET_METRICS: dict[str, SetMetric] = {
