@@ -250,9 +250,11 @@ def test_musiq_metric_scores_each_whole_image_with_the_cached_koniq_model(tmp_pa
         write(tmp_path / "pred" / f"{name}.png", image)
     with pytest.raises(WeightsNotFoundError, match=WEIGHTS_FILES["koniq"]):
         evaluate_folder(tmp_path / "pred", metrics=["musiq"])
+    with pytest.raises(WeightsNotFoundError, match=WEIGHTS_FILES["ava"]):
+        evaluate_folder(tmp_path / "pred", metrics=["musiq_ava"])
     torch.manual_seed(0)
     model = MUSIQ(TINY_CONFIG).eval()
-    monkeypatch.setattr(evaluate_module, "musiq_model", lambda: model)
+    monkeypatch.setattr(evaluate_module, "musiq_model", lambda dataset: model if dataset == "koniq" else None)
     result = evaluate_folder(tmp_path / "pred", metrics=["musiq"], crop_border=4)
     expected = [score_image(model, images[name]) for name in ("a", "b")]  # uncropped: no-reference
     assert [row["musiq"] for row in result.rows] == expected

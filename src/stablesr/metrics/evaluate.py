@@ -108,20 +108,20 @@ def clipiqa_value(sr: np.ndarray) -> float:
     return float(clipiqa_model().score_images([sr])[0])
 
 
-@lru_cache(maxsize=1)
-def musiq_model():
-    """MUSIQ, KonIQ-10k head (pyiqa's `musiq`), from $TORCH_HOME/hub/pyiqa (raises WeightsNotFoundError naming
-    the file)."""
+@lru_cache(maxsize=4)
+def musiq_model(dataset: str = "koniq"):
+    """MUSIQ trained on `dataset` (koniq = pyiqa's `musiq`) from $TORCH_HOME/hub/pyiqa (raises
+    WeightsNotFoundError naming the file)."""
     from stablesr.metrics.musiq import MUSIQ
 
-    return MUSIQ.from_file(dataset="koniq")
+    return MUSIQ.from_file(dataset=dataset)
 
 
-def musiq_value(sr: np.ndarray) -> float:
+def musiq_value(sr: np.ndarray, dataset: str = "koniq") -> float:
     """MUSIQ of one (H, W, 3) uint8 image: the whole image at full size plus longer sides 224 and 384."""
     from stablesr.metrics.musiq import score_image
 
-    return score_image(musiq_model(), sr)
+    return score_image(musiq_model(dataset), sr)
 
 
 @lru_cache(maxsize=1)
@@ -159,6 +159,9 @@ METRICS: dict[str, Metric] = {
     "dists": Metric(lambda sr, gt, crop: dists_value(sr, gt, crop), True, False),
     "clipiqa": Metric(lambda sr, gt, crop: clipiqa_value(sr), False, True),
     "musiq": Metric(lambda sr, gt, crop: musiq_value(sr), False, True),
+    "musiq_spaq": Metric(lambda sr, gt, crop: musiq_value(sr, "spaq"), False, True),
+    "musiq_ava": Metric(lambda sr, gt, crop: musiq_value(sr, "ava"), False, True),
+    "musiq_paq2piq": Metric(lambda sr, gt, crop: musiq_value(sr, "paq2piq"), False, True),
 }
 
 SET_METRICS: dict[str, SetMetric] = {
