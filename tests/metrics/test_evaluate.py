@@ -210,7 +210,7 @@ def test_fid_metric_is_pool3_of_the_cached_inception(tmp_path, monkeypatch):
     assert evaluate_module.fid_distance(small, small + 1) == pytest.approx(fid_from_features(small, small + 1))
 
 
-def test_clipiqa_metric_scores_each_whole_image(tmp_path, monkeypatch):
+def test_clipiqa_vit_metric_scores_each_whole_image(tmp_path, monkeypatch):
     import torch
 
     transformers = pytest.importorskip("transformers")
@@ -224,15 +224,15 @@ def test_clipiqa_metric_scores_each_whole_image(tmp_path, monkeypatch):
     prompt_features = torch.nn.functional.normalize(torch.randn(2, 256), dim=-1)
     processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     metric = CLIPIQA(clip, prompt_features, processor)
-    monkeypatch.setattr(evaluate_module, "clipiqa_model", lambda: metric)
+    monkeypatch.setattr(evaluate_module, "clipiqa_vit_model", lambda: metric)
     rng = np.random.default_rng(5)
     images = {name: rng.integers(0, 256, (40, 44, 3), dtype=np.uint8) for name in ("a", "b")}
     for name, image in images.items():
         write(tmp_path / "pred" / f"{name}.png", image)
-    result = evaluate_folder(tmp_path / "pred", metrics=["clipiqa"], crop_border=4)  # no ground truth needed
+    result = evaluate_folder(tmp_path / "pred", metrics=["clipiqa_vit"], crop_border=4)  # no ground truth needed
     expected = metric.score_images([images["a"], images["b"]])  # uncropped: no-reference metrics see it all
-    assert [row["clipiqa"] for row in result.rows] == pytest.approx(list(expected), rel=1e-5)
-    assert result.mean["clipiqa"] == pytest.approx(expected.mean(), rel=1e-5)
+    assert [row["clipiqa_vit"] for row in result.rows] == pytest.approx(list(expected), rel=1e-5)
+    assert result.mean["clipiqa_vit"] == pytest.approx(expected.mean(), rel=1e-5)
 
 
 def test_musiq_metric_scores_each_whole_image_with_the_cached_koniq_model(tmp_path, monkeypatch):
@@ -259,3 +259,29 @@ def test_musiq_metric_scores_each_whole_image_with_the_cached_koniq_model(tmp_pa
     expected = [score_image(model, images[name]) for name in ("a", "b")]  # uncropped: no-reference
     assert [row["musiq"] for row in result.rows] == expected
     assert len(set(expected)) == 2 and result.mean["musiq"] == pytest.approx(np.mean(expected), rel=1e-12)
+
+
+def test_clipiqa_metric_is_pyiqas_rn50_on_each_whole_image(tmp_path, monkeypatch):
+    import torch
+
+    from stablesr.errors import WeightsNotFoundError
+    from stablesr.metrics import evaluate as evaluate_module
+    from stablesr.metrics.clip_resnet import ClipResNet, ClipResNetConfig
+    from stablesr.metrics.clipiqa import CLIPIQAResNet, fixed_prompt_features, score_image
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    evaluate_module.clipiqa_model.cache_clear()
+    rng = np.random.default_rng(7)
+    images = {name: rng.integers(0, 256, (48, 40, 3), dtype=np.uint8) for name in ("a", "b")}
+    for name, image in images.items():
+        write(tmp_path / "pred" / f"{name}.png", image)
+    with pytest.raises(WeightsNotFoundError, match="RN50.pt"):
+        evaluate_folder(tmp_path / "pred", metrics=["clipiqa"])
+    torch.manual_seed(0)
+    clip = ClipResNet(ClipResNetConfig.tiny()).eval()
+    metric = CLIPIQAResNet(clip, fixed_prompt_features(clip, "pyiqa")).eval()
+    monkeypatch.setattr(evaluate_module, "clipiqa_model", lambda: metric)
+    result = evaluate_folder(tmp_path / "pred", metrics=["clipiqa"], crop_border=4)
+    expected = [score_image(metric, images[name]) for name in ("a", "b")]  # uncropped: no-reference
+    assert [row["clipiqa"] for row in result.rows] == expected and expected[0] != expected[1]

@@ -97,15 +97,38 @@ def dists_value(sr: np.ndarray, gt: np.ndarray, crop_border: int) -> float:
 
 @lru_cache(maxsize=1)
 def clipiqa_model():
-    """CLIP-IQA on openai/clip-vit-base-patch32 from the Hugging Face cache (not pyiqa's RN50; see clipiqa.py)."""
+    """pyiqa's `clipiqa`: OpenAI CLIP RN50 (RN50.pt in $TORCH_HOME/hub/clip or ~/.cache/clip; see clipiqa.py)."""
+    from stablesr.metrics.clipiqa import CLIPIQAResNet
+
+    return CLIPIQAResNet.from_file()
+
+
+@lru_cache(maxsize=1)
+def clipiqa_plus_model():
+    """pyiqa's `clipiqa+`: RN50.pt plus CLIP-IQA+_learned_prompts-603f3273.pth in $TORCH_HOME/hub/pyiqa."""
+    from stablesr.metrics.clipiqa import CLIPIQAResNet
+
+    return CLIPIQAResNet.from_files_learned()
+
+
+def clipiqa_value(sr: np.ndarray, model) -> float:
+    """CLIP-IQA (RN50, as pyiqa) of one (H, W, 3) uint8 image: the whole image at its own size."""
+    from stablesr.metrics.clipiqa import score_image
+
+    return score_image(model, sr)
+
+
+@lru_cache(maxsize=1)
+def clipiqa_vit_model():
+    """CLIP-IQA on openai/clip-vit-base-patch32 from the Hugging Face cache (not pyiqa's numbers; see clipiqa.py)."""
     from stablesr.metrics.clipiqa import CLIPIQA
 
     return CLIPIQA.from_pretrained()
 
 
-def clipiqa_value(sr: np.ndarray) -> float:
-    """CLIP-IQA of one (H, W, 3) uint8 image (whole image, resized and centre-cropped by CLIP's processor)."""
-    return float(clipiqa_model().score_images([sr])[0])
+def clipiqa_vit_value(sr: np.ndarray) -> float:
+    """CLIP-IQA (ViT-B/32) of one (H, W, 3) uint8 image (resized and centre-cropped by CLIP's processor)."""
+    return float(clipiqa_vit_model().score_images([sr])[0])
 
 
 @lru_cache(maxsize=4)
@@ -157,7 +180,9 @@ METRICS: dict[str, Metric] = {
     "lpips": Metric(lambda sr, gt, crop: lpips_value(sr, gt, crop, "alex"), True, False),
     "lpips_vgg": Metric(lambda sr, gt, crop: lpips_value(sr, gt, crop, "vgg"), True, False),
     "dists": Metric(lambda sr, gt, crop: dists_value(sr, gt, crop), True, False),
-    "clipiqa": Metric(lambda sr, gt, crop: clipiqa_value(sr), False, True),
+    "clipiqa": Metric(lambda sr, gt, crop: clipiqa_value(sr, clipiqa_model()), False, True),
+    "clipiqa+": Metric(lambda sr, gt, crop: clipiqa_value(sr, clipiqa_plus_model()), False, True),
+    "clipiqa_vit": Metric(lambda sr, gt, crop: clipiqa_vit_value(sr), False, True),
     "musiq": Metric(lambda sr, gt, crop: musiq_value(sr), False, True),
     "musiq_spaq": Metric(lambda sr, gt, crop: musiq_value(sr, "spaq"), False, True),
     "musiq_ava": Metric(lambda sr, gt, crop: musiq_value(sr, "ava"), False, True),
