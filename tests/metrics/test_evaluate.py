@@ -285,3 +285,48 @@ def test_clipiqa_metric_is_pyiqas_rn50_on_each_whole_image(tmp_path, monkeypatch
     result = evaluate_folder(tmp_path / "pred", metrics=["clipiqa"], crop_border=4)
     expected = [score_image(metric, images[name]) for name in ("a", "b")]  # uncropped: no-reference
     assert [row["clipiqa"] for row in result.rows] == expected and expected[0] != expected[1]
+
+
+def test_maniqa_metric_scores_each_whole_image_and_names_each_variants_file(tmp_path, monkeypatch):
+    import torch
+
+    from stablesr.errors import WeightsNotFoundError
+    from stablesr.metrics import evaluate as evaluate_module
+    from stablesr.metrics.maniqa import CHECKPOINTS, MANIQA, MANIQAConfig, score_image
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    evaluate_module.maniqa_model.cache_clear()
+    rng = np.random.default_rng(8)
+    images = {name: rng.integers(0, 256, (230, 236, 3), dtype=np.uint8) for name in ("a", "b")}
+    for name, image in images.items():
+        write(tmp_path / "pred" / f"{name}.png", image)
+    for metric, variant in (("maniqa", "koniq"), ("maniqa_kadid", "kadid"), ("maniqa_pipal", "pipal")):
+        with pytest.raises(WeightsNotFoundError, match=CHECKPOINTS[variant][0]):
+            evaluate_folder(tmp_path / "pred", metrics=[metric])
+    torch.manual_seed(0)
+    model = MANIQA(MANIQAConfig.tiny()).eval()
+    monkeypatch.setattr(evaluate_module, "maniqa_model", lambda variant: model if variant == "koniq" else None)
+    result = evaluate_folder(tmp_path / "pred", metrics=["maniqa"], crop_border=4)
+    expected = [score_image(model, images[name]) for name in ("a", "b")]  # uncropped: no-reference
+    assert [row["maniqa"] for row in result.rows] == expected and expected[0] != expected[1]
+
+
+def test_learned_metrics_run_on_the_requested_device_only_during_the_evaluation(tmp_path, monkeypatch):
+    import torch
+
+    from stablesr.metrics import evaluate as evaluate_module
+    from stablesr.metrics.musiq import MUSIQ, TINY_CONFIG
+
+    moves = []
+
+    class RecordingMUSIQ(MUSIQ):
+        def to(self, *args, **kwargs):
+            moves.append(args)
+            return super().to("cpu")
+
+    torch.manual_seed(0)
+    model = RecordingMUSIQ(TINY_CONFIG).eval()
+    monkeypatch.setattr(evaluate_module, "musiq_model", lambda dataset: model)
+    write(tmp_path / "pred" / "a.png", np.random.default_rng(9).integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    evaluate_folder(tmp_path / "pred", metrics=["musiq"], device="cuda:1")
+    assert moves == [("cuda:1",)] and evaluate_module._DEVICE.get() == "cpu"

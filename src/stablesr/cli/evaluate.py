@@ -17,11 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pred", type=Path, help="folder of SR outputs (flat, or sample0/ ... sampleN-1/ runs)")
     parser.add_argument("--gt", type=Path, default=None, help="folder of ground-truth images, paired by file stem")
     parser.add_argument("--metrics", default="psnr,ssim",
-                        help="comma-separated: psnr, ssim (Y of BT.601), psnr_rgb, ssim_rgb, niqe (MATLAB rgb2gray), "
-                             "niqe_y (BT.601 Y, as BasicSR), brisque, lpips, lpips_vgg, dists (these three need "
-                             "torchvision's ImageNet file in $TORCH_HOME/hub/checkpoints), clipiqa (CLIP ViT-B/32 from the "
-                             "Hugging Face cache, not pyiqa's RN50 numbers), fid (one value per folder "
-                             "pair and run; needs pt_inception-2015-12-05-6726825d.pth in $TORCH_HOME/hub/checkpoints)")
+                        help="comma-separated, from: psnr, ssim (BT.601 Y), psnr_rgb, ssim_rgb, niqe, niqe_y, brisque "
+                             "(no weights needed); lpips, lpips_vgg, dists, fid (torchvision / pytorch-fid files in "
+                             "$TORCH_HOME/hub/checkpoints); clipiqa, clipiqa+ (pyiqa's, OpenAI CLIP RN50.pt); "
+                             "clipiqa_vit (transformers CLIP ViT-B/32); musiq, musiq_spaq, musiq_ava, musiq_paq2piq, "
+                             "maniqa, maniqa_kadid, maniqa_pipal (pyiqa's checkpoints in $TORCH_HOME/hub/pyiqa). "
+                             "docs/metrics.md lists every file; a missing one is named in the error")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                        help="where the learned metrics run (auto: cuda, then mps, then cpu)")
     parser.add_argument("--runs", type=int, default=None,
                         help="number of sampleK/ folders to read (default: all present, or a flat folder)")
     parser.add_argument("--crop-border", type=int, default=0,
@@ -100,6 +103,7 @@ def draw_plot(evaluation, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from stablesr.cli.common import resolve_device
     from stablesr.errors import StableSRError
     from stablesr.imaging import check_output_path
     from stablesr.metrics.evaluate import evaluate_folder
@@ -116,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
             if output is not None:
                 check_output_path(output, overwrite=args.overwrite)
         evaluation = evaluate_folder(args.pred, gt_dir=args.gt, metrics=metrics, runs=args.runs,
-                                     crop_border=args.crop_border, progress=True)
+                                     crop_border=args.crop_border, progress=True,
+                                     device=str(resolve_device(args.device)))
     except (StableSRError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -94,7 +94,7 @@ class CLIPIQA(nn.Module):
     def score_images(self, images: list[np.ndarray]) -> np.ndarray:
         """(H, W, 3) uint8 RGB images (any sizes) -> (N,) float64 scores, via the model's image processor."""
         pixel_values = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
-        return self(pixel_values.to(self.prompt_features.dtype)).double().numpy()
+        return self(pixel_values.to(self.prompt_features.device, self.prompt_features.dtype)).double().cpu().numpy()
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ Their mean is over runs; they have no per-image rows and no G-STD.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -51,6 +52,14 @@ class SetMetric:
     higher_is_better: bool
 
 
+_DEVICE: ContextVar[str] = ContextVar("metric_device", default="cpu")
+
+
+def on_device(model):
+    """`model` moved to the device of the running evaluation (`evaluate_folder(device=...)`, default cpu)."""
+    return model.to(_DEVICE.get())
+
+
 @lru_cache(maxsize=2)
 def lpips_model(backbone: str):
     """LPIPS with its backbone from the torch hub cache (raises WeightsNotFoundError naming the file)."""
@@ -74,7 +83,8 @@ def tensor_pair(sr: np.ndarray, gt: np.ndarray, crop_border: int):
     pair = [image[crop_border : image.shape[0] - crop_border, crop_border : image.shape[1] - crop_border]
             for image in (sr, gt)]
     # (H, W, 3) uint8 -> (1, 3, H, W) in [0, 1]
-    return [torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255 for image in pair]
+    return [torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(_DEVICE.get()).float() / 255
+            for image in pair]
 
 
 def lpips_value(sr: np.ndarray, gt: np.ndarray, crop_border: int, backbone: str) -> float:
@@ -83,7 +93,7 @@ def lpips_value(sr: np.ndarray, gt: np.ndarray, crop_border: int, backbone: str)
 
     sr_tensor, gt_tensor = tensor_pair(sr, gt, crop_border)
     with torch.no_grad():
-        return float(lpips_model(backbone)(sr_tensor * 2 - 1, gt_tensor * 2 - 1)[0])
+        return float(on_device(lpips_model(backbone))(sr_tensor * 2 - 1, gt_tensor * 2 - 1)[0])
 
 
 def dists_value(sr: np.ndarray, gt: np.ndarray, crop_border: int) -> float:
@@ -92,7 +102,7 @@ def dists_value(sr: np.ndarray, gt: np.ndarray, crop_border: int) -> float:
 
     sr_tensor, gt_tensor = tensor_pair(sr, gt, crop_border)
     with torch.no_grad():
-        return float(dists_model()(sr_tensor, gt_tensor)[0])
+        return float(on_device(dists_model())(sr_tensor, gt_tensor)[0])
 
 
 @lru_cache(maxsize=1)
@@ -115,7 +125,7 @@ def clipiqa_value(sr: np.ndarray, model) -> float:
     """CLIP-IQA (RN50, as pyiqa) of one (H, W, 3) uint8 image: the whole image at its own size."""
     from stablesr.metrics.clipiqa import score_image
 
-    return score_image(model, sr)
+    return score_image(on_device(model), sr)
 
 
 @lru_cache(maxsize=1)
@@ -128,7 +138,7 @@ def clipiqa_vit_model():
 
 def clipiqa_vit_value(sr: np.ndarray) -> float:
     """CLIP-IQA (ViT-B/32) of one (H, W, 3) uint8 image (resized and centre-cropped by CLIP's processor)."""
-    return float(clipiqa_vit_model().score_images([sr])[0])
+    return float(on_device(clipiqa_vit_model()).score_images([sr])[0])
 
 
 @lru_cache(maxsize=4)
@@ -144,7 +154,23 @@ def musiq_value(sr: np.ndarray, dataset: str = "koniq") -> float:
     """MUSIQ of one (H, W, 3) uint8 image: the whole image at full size plus longer sides 224 and 384."""
     from stablesr.metrics.musiq import score_image
 
-    return score_image(musiq_model(dataset), sr)
+    return score_image(on_device(musiq_model(dataset)), sr)
+
+
+@lru_cache(maxsize=3)
+def maniqa_model(variant: str = "koniq"):
+    """MANIQA trained on `variant` (koniq = pyiqa's `maniqa`, scale 0.8) from $TORCH_HOME/hub/pyiqa (raises
+    WeightsNotFoundError naming the file)."""
+    from stablesr.metrics.maniqa import MANIQA
+
+    return MANIQA.from_file(variant=variant)
+
+
+def maniqa_value(sr: np.ndarray, variant: str = "koniq") -> float:
+    """MANIQA of one (H, W, 3) uint8 image: 20 uniform 224x224 crops of the whole image, as pyiqa >= 0.1.12."""
+    from stablesr.metrics.maniqa import score_image
+
+    return score_image(on_device(maniqa_model(variant)), sr)
 
 
 @lru_cache(maxsize=1)
@@ -159,7 +185,7 @@ def fid_image_features(image: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 -> (2048,) pool3 features of the FID Inception (whole image, resized to 299)."""
     from stablesr.metrics.fid import inception_features
 
-    return inception_features(fid_model(), [image])[0]
+    return inception_features(on_device(fid_model()), [image])[0]
 
 
 def fid_distance(pred_features: np.ndarray, gt_features: np.ndarray) -> float:
@@ -187,6 +213,9 @@ METRICS: dict[str, Metric] = {
     "musiq_spaq": Metric(lambda sr, gt, crop: musiq_value(sr, "spaq"), False, True),
     "musiq_ava": Metric(lambda sr, gt, crop: musiq_value(sr, "ava"), False, True),
     "musiq_paq2piq": Metric(lambda sr, gt, crop: musiq_value(sr, "paq2piq"), False, True),
+    "maniqa": Metric(lambda sr, gt, crop: maniqa_value(sr), False, True),
+    "maniqa_kadid": Metric(lambda sr, gt, crop: maniqa_value(sr, "kadid"), False, True),
+    "maniqa_pipal": Metric(lambda sr, gt, crop: maniqa_value(sr, "pipal"), False, True),
 }
 
 SET_METRICS: dict[str, SetMetric] = {
@@ -279,9 +308,18 @@ def evaluate_folder(
     crop_border: int = 0,
     read: Callable[[Path], np.ndarray] = read_rgb,
     progress: bool = False,
+    device: str = "cpu",
 ) -> Evaluation:
     """Compute `metrics` for every prediction in `pred_dir` (flat, or `sampleK/` runs) against `gt_dir`;
-    `progress` shows a bar over the images on stderr."""
+    `progress` shows a bar over the images on stderr; the learned metrics run on `device` ("cpu", "cuda", ...)."""
+    token = _DEVICE.set(device)
+    try:
+        return _evaluate_folder(pred_dir, gt_dir, metrics, runs, crop_border, read, progress)
+    finally:
+        _DEVICE.reset(token)
+
+
+def _evaluate_folder(pred_dir, gt_dir, metrics, runs, crop_border, read, progress) -> Evaluation:
     unknown = [name for name in metrics if name not in METRICS and name not in SET_METRICS]
     if unknown:
         raise EvaluationError(f"unknown metric {', '.join(unknown)}; available: {', '.join([*METRICS, *SET_METRICS])}")

@@ -264,8 +264,8 @@ def fid_from_features(features_1: np.ndarray, features_2: np.ndarray) -> float:
 @torch.no_grad()
 def inception_features(model: FIDInceptionV3, images: list[np.ndarray]) -> np.ndarray:
     """(H, W, 3) uint8 images (sizes may differ, so one at a time) -> (N, 2048) float64 pool3 features."""
-    features = []
+    features, device = [], next(model.parameters()).device
     for image in images:
         # (H, W, 3) uint8 -> (1, 3, H, W) in [0, 1]
-        features.append(model(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255))
-    return torch.cat(features).double().numpy() if features else np.zeros((0, FEATURE_DIM))
+        features.append(model(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(device).float() / 255))
+    return torch.cat(features).double().cpu().numpy() if features else np.zeros((0, FEATURE_DIM))
