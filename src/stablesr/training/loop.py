@@ -13,6 +13,7 @@ weights, the optimizer states and the step for the continued run to be bit-ident
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -128,7 +129,7 @@ class Trainer:
                 logger.add(self.train_micro_step(batch, generator))
         self.step += 1
         with warnings.catch_warnings():  # an optimizer that has not stepped yet (CFW's D before disc_start)
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             for scheduler in self.schedulers.values():
                 scheduler.step()
         if self.ema is not None:
