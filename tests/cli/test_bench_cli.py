@@ -10,3 +10,27 @@ def test_bench_models_tiny_prints_every_phase(capsys):
     for phase in ("unet ", "unet+sft+encoder", "vae encode", "vae decode"):
         assert out.count(phase) == 2, phase
     assert "vs bare UNet" in out and "MB" in out
+
+
+def test_bench_metrics_prints_each_metric_against_niqe(capsys):
+    import pytest
+
+    assert main(["bench", "metrics", "--metrics", "psnr,brisque,lpips", "--width", "128", "--height", "96",
+                 "--repeats", "1", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("128x96 image, device cpu")
+    assert [line.split()[0] for line in lines[1:]] == ["psnr", "brisque", "lpips"]  # the baseline is not asked for
+    assert all("vs NIQE" in line and "MB" in line for line in lines[1:])
+    with pytest.raises(SystemExit, match="does not know piqe"):
+        main(["bench", "metrics", "--metrics", "psnr,piqe"])
+
+
+def test_bench_metrics_image_pair_is_close_but_not_equal():
+    import numpy as np
+
+    from stablesr.bench.metrics import photo_like
+    from stablesr.metrics.fidelity import psnr
+
+    sr, gt = photo_like(96, 128)
+    assert sr.shape == gt.shape == (96, 128, 3) and sr.dtype == np.uint8
+    assert 30 < psnr(sr, gt, channel="rgb") < 40  # Gaussian noise of sigma 4: about 36 dB

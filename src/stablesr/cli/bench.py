@@ -12,6 +12,7 @@ TARGETS = {
     "degrade": ("stablesr.bench.degrade", "degraded LR/HR pairs per second"),
     "realesrgan": ("stablesr.bench.realesrgan", "the Real-ESRGAN x4plus baseline"),
     "train": ("stablesr.bench.train", "stage-1 training steps/s and peak memory"),
+    "metrics": ("stablesr.bench.metrics", "seconds per image of each evaluation metric"),
 }
 
 
