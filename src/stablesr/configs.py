@@ -48,7 +48,7 @@ class UpscaleSettings:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "UpscaleSettings":
+    def from_json(cls, path: str | Path) -> UpscaleSettings:
         data = json.loads(Path(path).read_text())
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

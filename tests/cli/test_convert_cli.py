@@ -7,8 +7,12 @@ import torch
 
 from conftest import assert_close_scaled
 from stablesr.cli.main import main
-from stablesr.models.text_encoder import (OFFICIAL_NEGATIVE_PROMPT, OpenCLIPTextEncoder, empty_prompt_tokens,
-                                          known_prompt_tokens)
+from stablesr.models.text_encoder import (
+    OFFICIAL_NEGATIVE_PROMPT,
+    OpenCLIPTextEncoder,
+    empty_prompt_tokens,
+    known_prompt_tokens,
+)
 from stablesr.weights.keymap_unet import encoder_config_from_ldm, unet_config_from_ldm
 from stablesr.weights.keymap_vae import vae_config_from_ldm
 from stablesr.weights.loading import load_pipeline

@@ -14,7 +14,6 @@ from stablesr.cli.main import main
 from stablesr.data.degradations import apply_degradation, params_from_record
 
 
-
 @pytest.fixture
 def hr_dir(tmp_path):
     folder = tmp_path / "in"
@@ -22,7 +21,8 @@ def hr_dir(tmp_path):
     rng = np.random.default_rng(0)
     for name, (height, width) in {"one": (150, 170), "two": (130, 128)}.items():
         y, x = np.mgrid[0:height, 0:width]
-        image = np.stack([x / width, y / height, (x * y) / (height * width)], -1) * 220 + rng.normal(0, 5, (height, width, 3))
+        gradient = np.stack([x / width, y / height, (x * y) / (height * width)], -1) * 220
+        image = gradient + rng.normal(0, 5, (height, width, 3))
         Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / f"{name}.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     return folder
@@ -58,18 +58,22 @@ def test_writes_pairs_and_reruns_byte_identical(hr_dir, tmp_path, capsys):
 
 
 def test_other_seed_differs_and_scale_two_sizes(hr_dir, tmp_path):
-    main(["degrade", str(hr_dir / "one.png"), "-o", str(tmp_path / "a"), "--preset", "bicubic", "--crop", "0", "--scale", "2"])
+    main(["degrade", str(hr_dir / "one.png"), "-o", str(tmp_path / "a"), "--preset", "bicubic", "--crop", "0",
+          "--scale", "2"])
     lr = Image.open(tmp_path / "a" / "lr" / "one.png")
     assert lr.size == (85, 75) and Image.open(tmp_path / "a" / "hr" / "one.png").size == (170, 150)
-    main(["degrade", str(hr_dir / "one.png"), "-o", str(tmp_path / "s1"), "--preset", "stablesr", "--crop", "128", "--seed", "1"])
-    main(["degrade", str(hr_dir / "one.png"), "-o", str(tmp_path / "s2"), "--preset", "stablesr", "--crop", "128", "--seed", "2"])
+    main(["degrade", str(hr_dir / "one.png"), "-o", str(tmp_path / "s1"), "--preset", "stablesr", "--crop", "128",
+          "--seed", "1"])
+    main(["degrade", str(hr_dir / "one.png"), "-o", str(tmp_path / "s2"), "--preset", "stablesr", "--crop", "128",
+          "--seed", "2"])
     assert _files(tmp_path / "s1")["lr/one.png"] != _files(tmp_path / "s2")["lr/one.png"]
 
 
 def test_config_overrides_and_bad_arguments(hr_dir, tmp_path, capsys):
     config = tmp_path / "over.json"
     config.write_text(json.dumps({"jpeg2_range": [90, 90], "jpeg1_range": [70, 70]}))
-    main(["degrade", str(hr_dir / "two.png"), "-o", str(tmp_path / "c"), "--preset", "stablesr", "--crop", "128", "--config", str(config)])
+    main(["degrade", str(hr_dir / "two.png"), "-o", str(tmp_path / "c"), "--preset", "stablesr", "--crop", "128",
+          "--config", str(config)])
     record = json.loads((tmp_path / "c" / "params.jsonl").read_text())
     assert record["params"]["jpeg2_quality"] == 90 and record["params"]["jpeg1_quality"] == 70
     assert main(["degrade", str(hr_dir), "-o", str(tmp_path / "d"), "--crop", "130"]) == 2

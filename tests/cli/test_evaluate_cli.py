@@ -35,7 +35,9 @@ def test_evaluate_prints_table_and_writes_rows(pair_folders, capsys):
     assert "1 images, 2 run(s)" in printed and "G-STD" in printed and "L-STD" in printed
     report = json.loads((root / "out.json").read_text())
     gt = np.asarray(Image.open(root / "gt" / "img.png"))
-    expected = [psnr(np.asarray(Image.open(root / "pred" / f"sample{r}" / "img.png")), gt, crop_border=4) for r in (0, 1)]
+    expected = [
+        psnr(np.asarray(Image.open(root / "pred" / f"sample{r}" / "img.png")), gt, crop_border=4) for r in (0, 1)
+    ]
     assert report["summary"]["mean"]["psnr"] == pytest.approx(np.mean(expected), abs=1e-12)
     assert report["summary"]["g_std"]["psnr"] == pytest.approx(np.std(expected), abs=1e-12)
     rows = list(csv.DictReader((root / "out.csv").open()))
@@ -58,7 +60,8 @@ def test_evaluate_no_reference_metrics_without_gt(tmp_path, capsys):
     (tmp_path / "pred").mkdir()
     for index, image in enumerate(images):
         Image.fromarray(image).save(tmp_path / "pred" / f"{index}.png")
-    assert main(["evaluate", str(tmp_path / "pred"), "--metrics", "niqe,brisque", "--json", str(tmp_path / "r.json")]) == 0
+    assert main(["evaluate", str(tmp_path / "pred"), "--metrics", "niqe,brisque",
+                 "--json", str(tmp_path / "r.json")]) == 0
     assert "2 images, 1 run(s)" in capsys.readouterr().out
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["summary"]["mean"]["niqe"] == pytest.approx(np.mean([niqe(image) for image in images]), rel=1e-12)
@@ -104,6 +107,8 @@ def test_evaluate_plot_without_matplotlib_fails_before_work(pair_folders, capsys
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
-    assert main(["evaluate", str(pair_folders / "pred"), "--plot", str(pair_folders / "p.png"), "--metrics", "niqe"]) == 2
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
+    assert main(["evaluate", str(pair_folders / "pred"), "--plot", str(pair_folders / "p.png"),
+                 "--metrics", "niqe"]) == 2
     assert "needs matplotlib" in capsys.readouterr().err and not (pair_folders / "p.png").exists()

@@ -103,7 +103,8 @@ def test_realesrgan_baseline_and_preclean(tmp_path, tiny_model_dir):
     src = write_photo(tmp_path / "p.png", size=(24, 16))
     assert main(["upscale", str(src), "-o", str(tmp_path / "esr"), "--method", "realesrgan", "--no-progress"]) == 0
     assert Image.open(tmp_path / "esr" / "p.png").size == (96, 64)
-    args = ["upscale", str(src), "-o", str(tmp_path / "pre"), "--model", str(tiny_model_dir), "--preclean", "realesrgan"]
+    args = ["upscale", str(src), "-o", str(tmp_path / "pre"), "--model", str(tiny_model_dir),
+            "--preclean", "realesrgan"]
     assert main([*args, *FAST]) == 0
     assert Image.open(tmp_path / "pre" / "p.png").size == (96, 64)
 

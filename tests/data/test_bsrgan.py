@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from stablesr.data.bsrgan import (
-    BlurOp, BSRGANSettings, JpegOp, NoiseOp, ResizeOp, StridedBlurOp, _noise, _run_op, apply_bsrgan, sample_bsrgan_params,
+    BlurOp,
+    BSRGANSettings,
+    JpegOp,
+    NoiseOp,
+    ResizeOp,
+    StridedBlurOp,
+    _noise,
+    _run_op,
+    apply_bsrgan,
+    sample_bsrgan_params,
 )
 from stablesr.data.kernels import KernelParams
 
@@ -24,7 +33,10 @@ def test_order_rules_and_ranges_over_many_draws():
         assert isinstance(ops[-1], JpegOp) and 30 <= ops[-1].quality <= 95
         halved += isinstance(ops[0], ResizeOp) and (ops[0].height, ops[0].width) == (128, 128)
         final = max(i for i, op in enumerate(ops) if isinstance(op, ResizeOp) and op.height in (64,))
-        random_down = [i for i, op in enumerate(ops) if isinstance(op, StridedBlurOp) or (isinstance(op, ResizeOp) and op.height not in (64, 128))]
+        random_down = [
+            i for i, op in enumerate(ops)
+            if isinstance(op, StridedBlurOp) or (isinstance(op, ResizeOp) and op.height not in (64, 128))
+        ]
         assert all(i < final for i in random_down)
         assert sum(isinstance(op, BlurOp) for op in ops) == 2 and sum(isinstance(op, NoiseOp) for op in ops) == 1
         for op in ops:
@@ -60,14 +72,16 @@ def test_noise_kinds():
     correlated = _noise(image, NoiseOp(kind="correlated", level=20, seed=3)).double()
     covariance = torch.cov(correlated[0].reshape(3, -1)) * 255**2
     assert torch.linalg.eigvalsh(covariance).max() < 400 * 1.05  # eigenvalues are 20^2 D, D < 1
-    assert torch.equal(_noise(image, NoiseOp(kind="correlated", level=20, seed=3)), _noise(image, NoiseOp(kind="correlated", level=20, seed=3)))
+    assert torch.equal(_noise(image, NoiseOp(kind="correlated", level=20, seed=3)),
+                       _noise(image, NoiseOp(kind="correlated", level=20, seed=3)))
 
 
 @pytest.mark.parametrize("scale", [2, 4])
 def test_sizes_and_determinism(scale):
     gt = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     settings = BSRGANSettings(scale=scale)
-    params = sample_bsrgan_params(settings, batch_size=2, gt_size=(128, 128), generator=torch.Generator().manual_seed(4))
+    params = sample_bsrgan_params(settings, batch_size=2, gt_size=(128, 128),
+                                  generator=torch.Generator().manual_seed(4))
     out = apply_bsrgan(gt, params)
     assert out.lr.shape == (2, 3, 128 // scale, 128 // scale)
     assert torch.equal(out.lr, apply_bsrgan(gt, params).lr)

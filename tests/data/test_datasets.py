@@ -16,7 +16,8 @@ def _write_image(path, height, width, seed=0):
     """Smooth gradients + a square + noise, saved as 8-bit PNG."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
-    image = np.stack([x / width, y / height, (x + y) / (height + width)], -1) * 200 + rng.normal(0, 6, (height, width, 3))
+    gradient = np.stack([x / width, y / height, (x + y) / (height + width)], -1) * 200
+    image = gradient + rng.normal(0, 6, (height, width, 3))
     image[height // 4 : height // 2, width // 4 : width // 2] = (240, 40, 30)
     Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
 
@@ -36,7 +37,8 @@ def test_filtering_shapes_and_record_reproduction(hr_folder):
     dataset = HRFolderDataset([hr_folder], crop_size=128, degradation=preset_settings("ccsr"), seed=3)
     assert [p.name for p in dataset.files] == ["a.png", "b.png"] and dataset.left_out == 2
     item = dataset[0]
-    assert item["gt"].shape == (3, 128, 128) and item["lr"].shape == (3, 32, 32) and item["lr_up"].shape == (3, 128, 128)
+    assert item["gt"].shape == (3, 128, 128) and item["lr"].shape == (3, 32, 32)
+    assert item["lr_up"].shape == (3, 128, 128)
     assert 0 <= item["gt"].min() and item["gt"].max() <= 1
     record = params_from_record(json.loads(item["params"]))
     assert torch.equal(apply_degradation(item["gt"][None], [record]).lr[0], item["lr"])  # ccsr: no USM, gt is the crop

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from stablesr.data.degradations import (
-    PRESETS, apply_degradation, degrade, load_overrides, params_from_record, params_to_record, preset_settings,
+    PRESETS,
+    apply_degradation,
+    degrade,
+    load_overrides,
+    params_from_record,
+    params_to_record,
+    preset_settings,
     sample_degradation_params,
 )
 from stablesr.data.realesrgan import RealESRGANSettings
@@ -24,7 +30,10 @@ def _gt(batch=2, size=96, seed=0) -> torch.Tensor:
 def _records(name: str, count: int, seed: int = 0) -> list:
     settings = preset_settings(name)
     generator = torch.Generator().manual_seed(seed)
-    return [sample_degradation_params(settings, batch_size=1, gt_size=(512, 512), generator=generator)[0] for _ in range(count)]
+    return [
+        sample_degradation_params(settings, batch_size=1, gt_size=(512, 512), generator=generator)[0]
+        for _ in range(count)
+    ]
 
 
 def _inside(value, value_range) -> bool:
@@ -36,7 +45,9 @@ def test_every_draw_stays_inside_its_preset_range(name):
     settings = preset_settings(name)
     for p in _records(name, 400):
         for noise, noise_settings in ((p.noise1, settings.noise1), (p.noise2, settings.noise2)):
-            strength_range = noise_settings.sigma_range if noise.kind == "gaussian" else noise_settings.poisson_scale_range
+            strength_range = (
+                noise_settings.sigma_range if noise.kind == "gaussian" else noise_settings.poisson_scale_range
+            )
             assert _inside(noise.strength, strength_range)
         for resize, resize_settings in ((p.resize1, settings.resize1), (p.resize2, settings.resize2)):
             assert _inside(resize.scale, resize_settings.scale_range) and resize.mode in resize_settings.modes
@@ -113,7 +124,9 @@ def test_one_record_reproduces_its_image_out_of_the_batch():
 def test_records_of_different_batches_do_not_mix():
     settings = preset_settings("stablesr")
     generator = torch.Generator().manual_seed(0)
-    batches = [sample_degradation_params(settings, batch_size=1, gt_size=(96, 96), generator=generator)[0] for _ in range(20)]
+    batches = [
+        sample_degradation_params(settings, batch_size=1, gt_size=(96, 96), generator=generator)[0] for _ in range(20)
+    ]
     mixed = next(p for p in batches[1:] if p.resize1 != batches[0].resize1)
     with pytest.raises(ValueError, match="share"):
         apply_degradation(_gt(), [batches[0], mixed])
@@ -148,11 +161,14 @@ def test_milder_preset_degrades_less_on_average():
 
 def test_overrides_from_a_file_and_unknown_keys(tmp_path):
     path = tmp_path / "over.yaml"
-    path.write_text("noise1:\n  sigma_range: [1, 5]\nblur1:\n  kernel_probs: {iso: 1.0}\n  sinc_prob: 0\njpeg2_range: [90, 95]\n")
+    path.write_text("noise1:\n  sigma_range: [1, 5]\n"
+                    "blur1:\n  kernel_probs: {iso: 1.0}\n  sinc_prob: 0\n"
+                    "jpeg2_range: [90, 95]\n")
     settings = preset_settings("stablesr", overrides=load_overrides(path))
     assert settings.noise1.sigma_range == (1.0, 5.0) and settings.jpeg2_range == (90, 95)
     assert settings.blur1.kernel_probs == (("iso", 1.0),) and settings.noise2 == preset_settings("stablesr").noise2
-    kinds = {p.kernel1.kind for p in sample_degradation_params(settings, batch_size=50, gt_size=(96, 96), generator=torch.Generator())}
+    params = sample_degradation_params(settings, batch_size=50, gt_size=(96, 96), generator=torch.Generator())
+    kinds = {p.kernel1.kind for p in params}
     assert kinds == {"iso"}
     with pytest.raises(ValueError, match="unknown settings"):
         preset_settings("stablesr", overrides={"noise3": {}})

@@ -6,7 +6,14 @@ from collections import Counter
 import pytest
 import torch
 
-from stablesr.data.kernels import BlurSettings, KernelParams, kernel_from_params, pad_kernel, sample_final_sinc, sample_kernel
+from stablesr.data.kernels import (
+    BlurSettings,
+    KernelParams,
+    kernel_from_params,
+    pad_kernel,
+    sample_final_sinc,
+    sample_kernel,
+)
 
 
 def _second_moments(kernel: torch.Tensor) -> torch.Tensor:
@@ -18,7 +25,9 @@ def _second_moments(kernel: torch.Tensor) -> torch.Tensor:
     return torch.tensor([[(k * x * x).sum(), (k * x * y).sum()], [(k * x * y).sum(), (k * y * y).sum()]])
 
 
-@pytest.mark.parametrize("kind", ["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso", "sinc", "pulse"])
+@pytest.mark.parametrize(
+    "kind", ["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso", "sinc", "pulse"]
+)
 def test_every_kind_sums_to_one(kind):
     params = KernelParams(kind=kind, size=13, sigma_x=1.3, sigma_y=2.1, rotation=0.7, beta=1.4, omega=1.5)
     kernel = kernel_from_params(params)
@@ -28,8 +37,10 @@ def test_every_kind_sums_to_one(kind):
 
 def test_anisotropic_gaussian_has_requested_covariance():
     sigma_x, sigma_y, rotation = 1.5, 3.0, 0.6
-    kernel = kernel_from_params(KernelParams(kind="aniso", size=41, sigma_x=sigma_x, sigma_y=sigma_y, rotation=rotation))
-    rot = torch.tensor([[math.cos(rotation), -math.sin(rotation)], [math.sin(rotation), math.cos(rotation)]], dtype=torch.float64)
+    kernel = kernel_from_params(
+        KernelParams(kind="aniso", size=41, sigma_x=sigma_x, sigma_y=sigma_y, rotation=rotation))
+    rot = torch.tensor([[math.cos(rotation), -math.sin(rotation)], [math.sin(rotation), math.cos(rotation)]],
+                       dtype=torch.float64)
     expected = rot @ torch.diag(torch.tensor([sigma_x**2, sigma_y**2], dtype=torch.float64)) @ rot.T
     assert torch.allclose(_second_moments(kernel), expected, atol=2e-3 * sigma_y**2)
 

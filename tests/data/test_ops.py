@@ -9,7 +9,15 @@ from PIL import Image
 from scipy import ndimage
 
 from stablesr.data.ops import (
-    filter2d, gaussian_noise, jpeg_compress, poisson_noise, quantize_8bit, resize, to_luma, upsample_to, usm_sharpen,
+    filter2d,
+    gaussian_noise,
+    jpeg_compress,
+    poisson_noise,
+    quantize_8bit,
+    resize,
+    to_luma,
+    upsample_to,
+    usm_sharpen,
 )
 
 

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from stablesr.errors import WeightsNotFoundError
-from stablesr.metrics.dists import DISTS, L2Pool, _WEIGHTS_FILE
-
+from stablesr.metrics.dists import _WEIGHTS_FILE, DISTS, L2Pool
 
 
 def reference_l2_pool(x: torch.Tensor) -> torch.Tensor:

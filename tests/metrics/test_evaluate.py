@@ -97,7 +97,10 @@ def test_lpips_metric_uses_the_cached_backbone_and_crop(tmp_path, monkeypatch):
     evaluate_module.lpips_model.cache_clear()
     result = evaluate_folder(tmp_path / "pred", gt_dir=tmp_path / "gt", metrics=["lpips"], crop_border=2)
     model = LPIPS.from_files("alex")
-    to_tensor = lambda im: torch.from_numpy(im[2:-2, 2:-2].copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+    def to_tensor(im):
+        return torch.from_numpy(im[2:-2, 2:-2].copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+
     expected = float(model(to_tensor(sr), to_tensor(gt))[0])
     assert result.rows[0]["lpips"] == pytest.approx(expected, rel=1e-6)
     evaluate_module.lpips_model.cache_clear()
@@ -129,8 +132,8 @@ def test_dists_and_no_reference_metrics_match_direct_calls(tmp_path, monkeypatch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # VGG on a shared 2-core machine
     try:
-        result = evaluate_folder(tmp_path / "pred", gt_dir=tmp_path / "gt", metrics=["dists", "niqe", "niqe_y", "brisque"],
-                                 crop_border=2)
+        result = evaluate_folder(tmp_path / "pred", gt_dir=tmp_path / "gt",
+                                 metrics=["dists", "niqe", "niqe_y", "brisque"], crop_border=2)
         cropped = [torch.from_numpy(im[2:-2, 2:-2].copy()).permute(2, 0, 1)[None].float() / 255 for im in (sr, gt)]
         expected = float(DISTS.from_files()(*cropped)[0])
     finally:

@@ -7,9 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from stablesr.errors import WeightsNotFoundError
-from stablesr.metrics.lpips import LPIPS, _HEADS_FILE
-
-
+from stablesr.metrics.lpips import _HEADS_FILE, LPIPS
 
 SLICES = {"alex": [(0, 2), (2, 5), (5, 8), (8, 10), (10, 12)], "vgg": [(0, 4), (4, 9), (9, 16), (16, 23), (23, 30)]}
 

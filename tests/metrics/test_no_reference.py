@@ -85,8 +85,12 @@ def ref_niqe(gray: np.ndarray) -> float:
         for k, values in enumerate([block.ravel()] + [(block * np.roll(block, s, axis=(0, 1))).ravel()
                                                      for s in ((0, 1), (1, 0), (1, 1), (1, -1))]):
             alpha, left, right = ref_aggd(values)
-            bl, br = left * np.sqrt(gamma(1 / alpha) / gamma(3 / alpha)), right * np.sqrt(gamma(1 / alpha) / gamma(3 / alpha))
-            row += [alpha, (bl + br) / 2] if k == 0 else [alpha, (br - bl) * gamma(2 / alpha) / gamma(1 / alpha), bl, br]
+            spread = np.sqrt(gamma(1 / alpha) / gamma(3 / alpha))
+            bl, br = left * spread, right * spread
+            if k == 0:
+                row += [alpha, (bl + br) / 2]
+            else:
+                row += [alpha, (br - bl) * gamma(2 / alpha) / gamma(1 / alpha), bl, br]
         return row
 
     gray = gray[: gray.shape[0] // 96 * 96, : gray.shape[1] // 96 * 96]
@@ -107,7 +111,8 @@ def ref_brisque(gray: np.ndarray) -> float:
         m = ref_mscn(plane, "zero")
         v = m.ravel()
         rho = np.mean(v**2) / np.mean(np.abs(v)) ** 2
-        feats += [GRID[np.argmin(np.abs(rho - gamma(1 / GRID) * gamma(3 / GRID) / gamma(2 / GRID) ** 2))], np.mean(v**2)]
+        rho_grid = gamma(1 / GRID) * gamma(3 / GRID) / gamma(2 / GRID) ** 2
+        feats += [GRID[np.argmin(np.abs(rho - rho_grid))], np.mean(v**2)]
         for s in ((0, 1), (1, 0), (1, 1), (-1, 1)):
             alpha, left, right = ref_aggd((m * np.roll(m, s, axis=(0, 1))).ravel())
             mean = (right - left) * gamma(2 / alpha) / gamma(1 / alpha) * np.sqrt(gamma(1 / alpha) / gamma(3 / alpha))

@@ -59,13 +59,16 @@ def test_fusion_path_with_identity_fusion_equals_plain_decoder(image):
     for block in (model.fusion_layer_1, model.fusion_layer_2):
         block.forward = lambda enc_feat, dec_feat, *, fidelity: dec_feat
     posterior, enc_feats = model.encode_with_features(image)
-    assert torch.equal(model.decode_with_features(posterior.mean, enc_feats, fidelity=1.0), model.decode(posterior.mean).sample)
+    assert torch.equal(model.decode_with_features(posterior.mean, enc_feats, fidelity=1.0),
+                       model.decode(posterior.mean).sample)
 
 
 def reference_resblock(block, x):
     """GN(eps 1e-6) + SiLU + conv3x3, twice, plus the (1x1) skip: the official ResBlock written with F ops."""
-    h = F.conv2d(F.silu(F.group_norm(x, 8, block.norm1.weight, block.norm1.bias, 1e-6)), block.conv1.weight, block.conv1.bias, padding=1)
-    h = F.conv2d(F.silu(F.group_norm(h, 8, block.norm2.weight, block.norm2.bias, 1e-6)), block.conv2.weight, block.conv2.bias, padding=1)
+    h = F.conv2d(F.silu(F.group_norm(x, 8, block.norm1.weight, block.norm1.bias, 1e-6)),
+                 block.conv1.weight, block.conv1.bias, padding=1)
+    h = F.conv2d(F.silu(F.group_norm(h, 8, block.norm2.weight, block.norm2.bias, 1e-6)),
+                 block.conv2.weight, block.conv2.bias, padding=1)
     skip = x if block.conv_shortcut is None else F.conv2d(x, block.conv_shortcut.weight, block.conv_shortcut.bias)
     return skip + h
 
@@ -106,7 +109,8 @@ def test_save_pretrained_round_trip(model, image, tmp_path):
 @torch.no_grad()
 def test_load_plain_vae_state_keeps_fusion_init(image):
     torch.manual_seed(5)
-    plain = AutoencoderKL(**TINY, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    plain = AutoencoderKL(**TINY, down_block_types=("DownEncoderBlock2D",) * 4,
+                          up_block_types=("UpDecoderBlock2D",) * 4)
     model = tiny_cfw(seed=7)
     fusion_before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("fusion_layer_")}
     model.load_vae_state_dict(plain.state_dict())

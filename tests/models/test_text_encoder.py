@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from stablesr.models.text_encoder import END_TOKEN, START_TOKEN, OpenCLIPTextEncoder, PromptEmbeddings, empty_prompt_tokens
+from stablesr.models.text_encoder import (
+    END_TOKEN,
+    START_TOKEN,
+    OpenCLIPTextEncoder,
+    PromptEmbeddings,
+    empty_prompt_tokens,
+)
 
 
 def to_transformers_state(state: dict, layers_used: int) -> dict:

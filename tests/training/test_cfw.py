@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import make_tiny_pipeline
 
 from stablesr.training.cfw_data import CFWTripletDataset, generate_cfw_data, load_latent
-from stablesr.training.cfw_trainer import CFWTrainer, FUSION_PREFIXES
+from stablesr.training.cfw_trainer import FUSION_PREFIXES, CFWTrainer
 from stablesr.training.config import CFWTrainConfig, config_from_dict
 from stablesr.training.discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
+from tiny_models import make_tiny_pipeline
 
 
 def test_patch_discriminator_layout():

@@ -6,8 +6,13 @@ import itertools
 
 import pytest
 
-from stablesr.training.config import (CFWTrainConfig, StableSRTrainConfig, load_config, load_config_json,
-                                      save_config_json)
+from stablesr.training.config import (
+    CFWTrainConfig,
+    StableSRTrainConfig,
+    load_config,
+    load_config_json,
+    save_config_json,
+)
 from stablesr.training.stream import StreamSampler
 
 

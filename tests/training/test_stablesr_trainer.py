@@ -10,7 +10,6 @@ import torch
 from stablesr.training.config import StableSRTrainConfig, config_from_dict
 from stablesr.training.stablesr_trainer import StableSRTrainer, diffusion_target, train_stablesr
 from stablesr.training.stream import step_generator
-
 from tiny_models import make_tiny_pipeline
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-
 TINY_UNET = dict(sample_size=8, block_out_channels=[32, 64], layers_per_block=1,
                  down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
                  up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], attention_head_dim=[2, 4],

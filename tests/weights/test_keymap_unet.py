@@ -220,7 +220,8 @@ def test_blind_spot_tensors_land_in_the_intended_parameter(stablesr_tiny_state, 
     baseline, moved = convert_both(stablesr_tiny_state), convert_both(perturbed)
     moved_unet = convert_ldm_unet(perturbed, unet_config)
     changed = {
-        key: (moved[key] - baseline[key]).mean().item() for key in baseline if not torch.equal(moved[key], baseline[key])
+        key: (moved[key] - baseline[key]).mean().item()
+        for key in baseline if not torch.equal(moved[key], baseline[key])
     }
     expected = {target: 1000.0 * number for number, target in enumerate(BLIND_SPOTS.values(), start=1)}
     assert changed == pytest.approx(expected, abs=0.01)

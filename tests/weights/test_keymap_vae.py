@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
+from conftest import require_parity_file
 from stablesr.errors import CheckpointMismatchError
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.weights.keymap_vae import (
@@ -15,7 +16,6 @@ from stablesr.weights.keymap_vae import (
     load_state_strict,
     vae_config_from_ldm,
 )
-from conftest import require_parity_file
 
 # Tensors the parity cases cannot check (README errata): the attention key bias (softmax is
 # shift-invariant) and conv biases right before a GroupNorm with one channel per group (32-ch levels).
@@ -68,17 +68,22 @@ def test_convert_ldm_vae_strips_prefix_and_ignores_other_keys(cfw_tiny_state):
     full = {f"first_stage_model.{k}": v for k, v in vae_state.items()}
     full.update({"betas": torch.zeros(1000), "model.diffusion_model.out.2.bias": torch.zeros(4)})
     converted = convert_ldm_vae(full)
-    plain = AutoencoderKL(**{k: v for k, v in tiny_model().config.items() if not k.startswith(("_", "num_fuse", "fuse_"))})
+    plain_config = {k: v for k, v in tiny_model().config.items() if not k.startswith(("_", "num_fuse", "fuse_"))}
+    plain = AutoencoderKL(**plain_config)
     load_state_strict(plain, converted)
-    assert torch.equal(plain.encoder.mid_block.attentions[0].to_q.weight, vae_state["encoder.mid.attn_1.q.weight"][:, :, 0, 0])
-    assert torch.equal(plain.decoder.up_blocks[0].upsamplers[0].conv.weight, vae_state["decoder.up.3.upsample.conv.weight"])
+    assert torch.equal(plain.encoder.mid_block.attentions[0].to_q.weight,
+                       vae_state["encoder.mid.attn_1.q.weight"][:, :, 0, 0])
+    assert torch.equal(plain.decoder.up_blocks[0].upsamplers[0].conv.weight,
+                       vae_state["decoder.up.3.upsample.conv.weight"])
 
 
 def test_missing_unexpected_and_misshaped_keys_raise(cfw_tiny_state):
     missing = {k: v for k, v in cfw_tiny_state.items() if k != "decoder.up.2.block.1.norm2.bias"}
     with pytest.raises(CheckpointMismatchError, match=r"decoder\.up\.2\.block\.1\.norm2\.bias"):
         convert_cfw(missing)
-    missing_fusion = {k: v for k, v in cfw_tiny_state.items() if k != "decoder.fusion_layer_2.encode_enc_3.conv2.weight"}
+    missing_fusion = {
+        k: v for k, v in cfw_tiny_state.items() if k != "decoder.fusion_layer_2.encode_enc_3.conv2.weight"
+    }
     with pytest.raises(CheckpointMismatchError, match="fusion_layer_2.encode_enc_3.conv2.weight"):
         convert_cfw(missing_fusion)
     with pytest.raises(CheckpointMismatchError, match=r"encoder\.mid\.block_3\.conv1\.bias"):

@@ -148,7 +148,8 @@ def test_parity_with_ncnn_runtime_on_a_real_photo(x4plus):
     crop = photo_crop(32)
     param_path, bin_path = wheel_files()
     net = ncnn.Net()
-    for option in ("use_vulkan_compute", "use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage"):
+    for option in ("use_vulkan_compute", "use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic",
+                   "use_bf16_storage"):
         setattr(net.opt, option, False)  # fp32 everywhere, like our float32 model
     net.load_param(str(param_path))
     net.load_model(str(bin_path))

@@ -16,7 +16,7 @@ class PeakMemory:
         self.device, self.interval_s = device, interval_s
         self.peak_mb = 0.0
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -94,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     models = build_random_models(args.size)
     params = [sum(p.numel() for p in m.parameters()) / 1e6 for m in models]
-    print(f"models ({args.size}, random weights, built in {time.perf_counter() - start:.1f} s): UNet {params[0]:.1f} M, "
-          f"SR module (encoder + SFT) {params[1]:.1f} M, CFW VAE {params[2]:.1f} M parameters")
+    print(f"models ({args.size}, random weights, built in {time.perf_counter() - start:.1f} s): "
+          f"UNet {params[0]:.1f} M, SR module (encoder + SFT) {params[1]:.1f} M, CFW VAE {params[2]:.1f} M parameters")
     print(f"device {device}, threads {torch.get_num_threads()}, image {args.image_size}x{args.image_size} "
           f"(latent {args.image_size // 8}x{args.image_size // 8}, one tile), {args.steps} timed steps")
     baseline, first = None, args.dtypes.split(",")[0].strip()

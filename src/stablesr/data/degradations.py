@@ -18,9 +18,10 @@ Typical use:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 
@@ -28,7 +29,12 @@ from stablesr.data.bsrgan import BSRGANParams, BSRGANSettings, apply_bsrgan, sam
 from stablesr.data.kernels import BlurSettings
 from stablesr.data.ops import DegradedBatch, quantize_8bit, resize, upsample_to
 from stablesr.data.realesrgan import (
-    NoiseSettings, RealESRGANParams, RealESRGANSettings, ResizeSettings, apply_realesrgan, sample_realesrgan_params,
+    NoiseSettings,
+    RealESRGANParams,
+    RealESRGANSettings,
+    ResizeSettings,
+    apply_realesrgan,
+    sample_realesrgan_params,
 )
 from stablesr.data.records import from_record, to_record, with_overrides
 

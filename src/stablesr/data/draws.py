@@ -6,7 +6,8 @@ Values come back as Python floats/ints/objects so they can be written to JSON un
 
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 

@@ -15,18 +15,32 @@ seeds and JPEG qualities are drawn per image. Every image's record holds all of 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 
 from stablesr.data.draws import draw_bernoulli, draw_choice, draw_int, draw_seed, draw_uniform
 from stablesr.data.kernels import (
-    BlurSettings, KernelParams, kernel_from_params, pad_kernel, sample_final_sinc, sample_kernel,
+    BlurSettings,
+    KernelParams,
+    kernel_from_params,
+    pad_kernel,
+    sample_final_sinc,
+    sample_kernel,
 )
 from stablesr.data.ops import (
-    DegradedBatch, ResizeMode, filter2d, gaussian_noise, jpeg_compress, poisson_noise, quantize_8bit, resize,
-    upsample_to, usm_sharpen,
+    DegradedBatch,
+    ResizeMode,
+    filter2d,
+    gaussian_noise,
+    jpeg_compress,
+    poisson_noise,
+    quantize_8bit,
+    resize,
+    upsample_to,
+    usm_sharpen,
 )
 
 MIN_FILTER_SIDE = 11  # reflect padding of a 21 x 21 kernel needs at least 11 pixels

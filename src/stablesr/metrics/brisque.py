@@ -24,7 +24,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-
 from scipy.special import gamma as gamma_fn
 
 from stablesr.metrics.nss import fit_aggd, fit_ggd, imresize_half, mscn, neighbour_products

@@ -252,7 +252,8 @@ def image_files(folder: Path) -> dict[str, Path]:
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
             if path.stem in files:
-                raise EvaluationError(f"{folder}: two images named {path.stem!r} ({files[path.stem].name}, {path.name})")
+                raise EvaluationError(
+                    f"{folder}: two images named {path.stem!r} ({files[path.stem].name}, {path.name})")
             files[path.stem] = path
     return files
 
@@ -269,7 +270,8 @@ def run_folders(pred_dir: Path, runs: int | None) -> list[Path]:
             return [pred_dir]
     missing = [f"sample{n}" for n in range(runs) if not (pred_dir / f"sample{n}").is_dir()]
     if missing:
-        raise EvaluationError(f"{pred_dir}: --runs {runs} needs folders sample0..sample{runs - 1}; missing {', '.join(missing)}")
+        raise EvaluationError(f"{pred_dir}: --runs {runs} needs folders sample0..sample{runs - 1}; "
+                              f"missing {', '.join(missing)}")
     return [pred_dir / f"sample{n}" for n in range(runs)]
 
 
@@ -331,7 +333,8 @@ def _evaluate_folder(pred_dir, gt_dir, metrics, runs, crop_border, read, progres
     run_dirs = run_folders(Path(pred_dir), runs)
     pairs = pair_files(run_dirs, None if gt_dir is None else Path(gt_dir))
     if set_metrics and len(pairs) < 2:
-        raise EvaluationError(f"{', '.join(set_metrics)} compare image sets and need at least 2 images, got {len(pairs)}")
+        raise EvaluationError(
+            f"{', '.join(set_metrics)} compare image sets and need at least 2 images, got {len(pairs)}")
     rows, local_stds = [], []
     features = {metric: ([], [[] for _ in run_dirs]) for metric in set_metrics}  # metric -> (gt, per run)
     for name, pred_paths, gt_path in tqdm(pairs, desc="evaluate", unit="image", disable=not progress):

@@ -26,8 +26,8 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (DiffusionPipeline's loader looks it up here)
+from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from stablesr.models.rrdb import RRDB

@@ -134,7 +134,8 @@ class SFTUNet(nn.Module):
 
     def _make_hook(self, index: int) -> Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor]:
         def modulate(module: nn.Module, inputs: tuple, h: torch.Tensor) -> torch.Tensor:
-            if self._cond_feats is None:  # outside this wrapper's forward: the plain UNet (another wrapper may be active)
+            # Outside this wrapper's forward: the plain UNet (another wrapper may be active).
+            if self._cond_feats is None:
                 return h
             # The SFT layer runs in the SR module's dtype (e.g. fp32 beside an fp16 UNet); no-op casts when equal.
             cond = self._cond_for_width(h.shape[-1])

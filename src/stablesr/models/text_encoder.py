@@ -123,13 +123,15 @@ class PromptEmbeddings(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, *, prompts: dict[str, str] | None = None, context_length: int = 77, embed_dim: int = 1024) -> None:
+    def __init__(
+        self, *, prompts: dict[str, str] | None = None, context_length: int = 77, embed_dim: int = 1024
+    ) -> None:
         super().__init__()
         for name in (prompts or {"null": ""}):
             self.register_buffer(name, torch.zeros(1, context_length, embed_dim))
 
     @classmethod
-    def from_tensors(cls, embeddings: dict[str, torch.Tensor], prompts: dict[str, str]) -> "PromptEmbeddings":
+    def from_tensors(cls, embeddings: dict[str, torch.Tensor], prompts: dict[str, str]) -> PromptEmbeddings:
         first = next(iter(embeddings.values()))
         module = cls(prompts=prompts, context_length=first.shape[1], embed_dim=first.shape[2])
         for name, value in embeddings.items():

@@ -89,7 +89,8 @@ class RealESRGANUpscaler:
         scale = self.model.scale
         batch, _, height, width = lr_image.shape
         out_channels = self.model.conv_last.out_channels
-        sr_image = torch.zeros(batch, out_channels, height * scale, width * scale, device=self.device, dtype=torch.float32)
+        sr_image = torch.zeros(batch, out_channels, height * scale, width * scale,
+                               device=self.device, dtype=torch.float32)
         weight_sum = torch.zeros(1, 1, height * scale, width * scale, device=self.device, dtype=torch.float32)
         windows = tile_windows(height, width, tile_size=self.tile_size, tile_pad=self.tile_pad)
         for _, (py0, py1, px0, px1) in tqdm(windows, desc="Real-ESRGAN tiles", disable=not progress):
@@ -130,7 +131,8 @@ def tile_windows(height: int, width: int, *, tile_size: int, tile_pad: int) -> l
     for y0 in range(0, height, tile_h):
         for x0 in range(0, width, tile_w):
             y1, x1 = min(y0 + tile_h, height), min(x0 + tile_w, width)
-            padded = (max(y0 - tile_pad, 0), min(y1 + tile_pad, height), max(x0 - tile_pad, 0), min(x1 + tile_pad, width))
+            padded = (max(y0 - tile_pad, 0), min(y1 + tile_pad, height),
+                      max(x0 - tile_pad, 0), min(x1 + tile_pad, width))
             windows.append(((y0, y1, x0, x1), padded))
     return windows
 

@@ -10,8 +10,8 @@ w -> `fidelity`; Gaussian aggregation -> `TiledDenoiser`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import PIL.Image

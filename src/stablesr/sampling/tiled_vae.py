@@ -178,8 +178,10 @@ class Tiling:
         """(1, 1, s*rows, s*cols): ramps on the sides that face another window, flat at image borders."""
         height, width = self.latent_size
         ramp = self.overlap * scale
-        row_weight = blend_ramp((rows.stop - rows.start) * scale, ramp, fade_in=rows.start > 0, fade_out=rows.stop < height)
-        col_weight = blend_ramp((cols.stop - cols.start) * scale, ramp, fade_in=cols.start > 0, fade_out=cols.stop < width)
+        row_weight = blend_ramp((rows.stop - rows.start) * scale, ramp,
+                                fade_in=rows.start > 0, fade_out=rows.stop < height)
+        col_weight = blend_ramp((cols.stop - cols.start) * scale, ramp,
+                                fade_in=cols.start > 0, fade_out=cols.stop < width)
         return torch.outer(row_weight, col_weight)[None, None]  # (rows, cols) -> (1, 1, rows, cols)
 
 
@@ -194,7 +196,7 @@ def _axis_windows(size: int, tile: int, overlap: int) -> list[tuple[slice, slice
     ]
 
 
-def _shared_statistics(vae: nn.Module, tiling: Tiling, run_window) -> "GroupNormSharing":
+def _shared_statistics(vae: nn.Module, tiling: Tiling, run_window) -> GroupNormSharing:
     """Whole-image GroupNorm statistics, accumulated window by window (see the module docstring)."""
     sharing = GroupNormSharing(vae)
     rows, cols, _ = next(tiling.windows())
@@ -286,4 +288,5 @@ def _check_pixels(image: torch.Tensor, tile_size: int, tile_overlap: int) -> Non
     if image.shape[-2] % VAE_SCALE or image.shape[-1] % VAE_SCALE:
         raise ValueError(f"image height and width must be multiples of 8, got {tuple(image.shape[-2:])}")
     if tile_size % VAE_SCALE or tile_overlap % VAE_SCALE or not 0 <= tile_overlap < tile_size:
-        raise ValueError(f"tile_size and tile_overlap must be multiples of 8 with overlap < size, got {tile_size}, {tile_overlap}")
+        raise ValueError("tile_size and tile_overlap must be multiples of 8 with overlap < size, "
+                         f"got {tile_size}, {tile_overlap}")

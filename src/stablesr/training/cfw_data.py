@@ -16,8 +16,9 @@ Official `.npy` latents (1, 4, 64, 64), also scaled, are read as well. Item k is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch

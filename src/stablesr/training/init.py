@@ -15,9 +15,19 @@ from stablesr.errors import StableSRError, WeightsNotFoundError
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.models.sft_unet import StableSRModule
 from stablesr.training.config import ModelInit
-from stablesr.weights.loading import (PREDICTION_TYPES, Parts, build_prompt_embeddings, build_text_encoder,
-                                      build_unet, build_vae, load_pipeline, load_sd_folder, load_strict,
-                                      make_scheduler, shipped_config)
+from stablesr.weights.loading import (
+    PREDICTION_TYPES,
+    Parts,
+    build_prompt_embeddings,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+    load_pipeline,
+    load_sd_folder,
+    load_strict,
+    make_scheduler,
+    shipped_config,
+)
 
 
 def load_initial_pipeline(init: ModelInit):

@@ -86,7 +86,8 @@ class StableSRTrainer(Trainer):
                                   degradation=settings if on_loader else None)
         if on_loader:
             return dataset, None
-        generator = torch.Generator(self.accelerator.device).manual_seed(item_seed(seed, self.accelerator.process_index))
+        process_seed = item_seed(seed, self.accelerator.process_index)
+        generator = torch.Generator(self.accelerator.device).manual_seed(process_seed)
         return dataset, BatchDegrader(settings, queue_size=data.queue_size, generator=generator)
 
     # ------------------------------------------------------------------ one micro-batch

@@ -10,7 +10,7 @@ the epoch with each index, so its per-item randomness (crops, degradations) depe
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler

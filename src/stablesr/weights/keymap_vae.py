@@ -33,7 +33,9 @@ VAE_ROOTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 CFW_IGNORED_ROOTS = ("loss.",)
 ATTENTION_NAMES = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 RESNET_NAMES = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "nin_shortcut": "conv_shortcut"}
-FUSION_RESBLOCK_NAMES = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_out": "conv_shortcut"}
+FUSION_RESBLOCK_NAMES = {
+    "norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_out": "conv_shortcut",
+}
 
 
 # --------------------------------------------------------------------------------------------- public
@@ -202,7 +204,8 @@ def _check_fusion_complete(fusion: dict[str, torch.Tensor]) -> None:
         modules = [f"{layer}.encode_enc_1.{n}" for n in FUSION_RESBLOCK_NAMES]
         modules += [f"{layer}.encode_enc_3.{n}" for n in ("norm1", "conv1", "norm2", "conv2")]
         modules += [
-            f"{layer}.encode_enc_2.{b}.rdb{r}.conv{c}" for b in range(num_blocks) for r in (1, 2, 3) for c in range(1, 6)
+            f"{layer}.encode_enc_2.{b}.rdb{r}.conv{c}"
+            for b in range(num_blocks) for r in (1, 2, 3) for c in range(1, 6)
         ]
         expected |= {f"{m}.{p}" for m in modules for p in ("weight", "bias")}
     missing, unexpected = sorted(expected - set(fusion)), sorted(set(fusion) - expected)

@@ -22,8 +22,13 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from stablesr.errors import CheckpointMismatchError, StableSRError, WeightsNotFoundError
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.models.sft_unet import StableSRModule
-from stablesr.models.text_encoder import (OFFICIAL_NEGATIVE_PROMPT, OFFICIAL_POSITIVE_PROMPT, OpenCLIPTextEncoder,
-                                          PromptEmbeddings, known_prompt_tokens)
+from stablesr.models.text_encoder import (
+    OFFICIAL_NEGATIVE_PROMPT,
+    OFFICIAL_POSITIVE_PROMPT,
+    OpenCLIPTextEncoder,
+    PromptEmbeddings,
+    known_prompt_tokens,
+)
 from stablesr.weights.io import load_state_dict
 from stablesr.weights.keymap_unet import convert_ldm_unet, convert_sr_module
 from stablesr.weights.keymap_vae import convert_cfw, convert_ldm_vae
@@ -95,11 +100,17 @@ class Parts:
         for kind in kinds:
             self.sources[kind] = str(path)
         if "unet" in kinds:
-            self.unet = {k: v for k, v in state.items() if k.startswith("model.diffusion_model.") and ".spade." not in k}
+            self.unet = {
+                k: v for k, v in state.items() if k.startswith("model.diffusion_model.") and ".spade." not in k
+            }
         if "sr_module" in kinds:
-            self.sr_module = {k: v for k, v in state.items() if ".spade." in k or k.startswith("structcond_stage_model.")}
+            self.sr_module = {
+                k: v for k, v in state.items() if ".spade." in k or k.startswith("structcond_stage_model.")
+            }
         if "vae" in kinds:
-            self.vae = {k[len("first_stage_model."):]: v for k, v in state.items() if k.startswith("first_stage_model.")}
+            self.vae = {
+                k[len("first_stage_model."):]: v for k, v in state.items() if k.startswith("first_stage_model.")
+            }
         if "cfw" in kinds:
             self.cfw = {k: v for k, v in state.items() if not k.startswith("loss.")}
         if "text" in kinds:
@@ -184,7 +195,8 @@ def load_sd_folder(folder: Path):
     """SD 2.x diffusers folder -> (unet, plain VAE state (diffusers keys), VAE config, text_encoder, tokenizer)."""
     for sub in ("unet", "vae"):
         if not (folder / sub / "config.json").is_file():
-            raise WeightsNotFoundError(f"{folder} is not a diffusers SD folder: {folder / sub / 'config.json'} is missing")
+            raise WeightsNotFoundError(
+                f"{folder} is not a diffusers SD folder: {folder / sub / 'config.json'} is missing")
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).eval().requires_grad_(False)
     from diffusers import AutoencoderKL
 

@@ -78,7 +78,8 @@ def load_realesrgan(path: str | Path | None = None) -> RRDBNet:
         return load_realesrgan_ncnn(path.with_suffix(".param"), path.with_suffix(".bin"))
     if path.suffix in STATE_DICT_SUFFIXES:
         return load_realesrgan_state_dict(read_state_dict(path), source=str(path))
-    raise StableSRError(f"Real-ESRGAN weights: unknown file type {path.name}; expected .param, .bin, .pth or .safetensors")
+    raise StableSRError(
+        f"Real-ESRGAN weights: unknown file type {path.name}; expected .param, .bin, .pth or .safetensors")
 
 
 # --- ncnn ---------------------------------------------------------------------------------
@@ -192,7 +193,8 @@ def read_ncnn_conv_weights(bin_path: Path, model: RRDBNet, convs: list[NcnnLayer
         state[f"{prefix}.weight"] = torch.from_numpy(weight).reshape(conv.weight.shape)  # (out, in, 3, 3)
         state[f"{prefix}.bias"] = torch.from_numpy(bias)
     if offset != len(blob):
-        raise CheckpointMismatchError(f"{bin_path}: {len(blob) - offset} unread bytes; the .bin does not match the .param")
+        raise CheckpointMismatchError(
+            f"{bin_path}: {len(blob) - offset} unread bytes; the .bin does not match the .param")
     return state
 
 
@@ -235,7 +237,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a corrupt file surfaces as many different exception types
-        raise CheckpointMismatchError(f"{path} cannot be read as a state dict ({type(error).__name__}: {error})") from None
+        raise CheckpointMismatchError(
+            f"{path} cannot be read as a state dict ({type(error).__name__}: {error})") from None
     for key in ("params_ema", "params"):
         if isinstance(state, dict) and key in state:
             return state[key]
@@ -263,7 +266,8 @@ def load_realesrgan_state_dict(state: dict[str, torch.Tensor], *, source: str = 
             growth_channels=state["body.0.rdb1.conv1.weight"].shape[0],
         )
     try:
-        model.load_state_dict({key: value.float().contiguous() for key, value in state.items()}, strict=True, assign=True)
+        float_state = {key: value.float().contiguous() for key, value in state.items()}
+        model.load_state_dict(float_state, strict=True, assign=True)
     except RuntimeError as error:
         raise CheckpointMismatchError(f"{source} does not match RRDBNet: {error}") from None
     return model.eval()
