@@ -112,3 +112,15 @@ def test_evaluate_plot_without_matplotlib_fails_before_work(pair_folders, capsys
     assert main(["evaluate", str(pair_folders / "pred"), "--plot", str(pair_folders / "p.png"),
                  "--metrics", "niqe"]) == 2
     assert "needs matplotlib" in capsys.readouterr().err and not (pair_folders / "p.png").exists()
+
+
+def test_help_names_every_registered_metric(capsys):
+    import re
+
+    from stablesr.metrics.evaluate import METRICS, SET_METRICS
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    listed = set(re.findall(r"[a-z][a-z0-9_+]*", help_text))
+    assert not {*METRICS, *SET_METRICS} - listed
