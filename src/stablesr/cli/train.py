@@ -1,4 +1,4 @@
-"""`stablesr train {stablesr,cfw} --config FILE.yaml [--section.option VALUE ...]`: run a training stage.
+"""`stablesr train {vae,prior,stablesr,cfw} --config FILE.yaml [--section.option VALUE ...]`: run a training stage.
 
 Every field of the stage's config dataclass (`stablesr.training.config`) is also a command-line
 option; values are parsed as YAML (`--run.max_steps 100`, `--data.hr_folders "[a, b]"`). The same
@@ -12,6 +12,8 @@ import argparse
 STAGE_HELP = {
     "stablesr": "stage 1: time-aware encoder + SFT layers on a frozen SD UNet",
     "cfw": "CFW: the autoencoder's fusion layers on generated triplets",
+    "vae": "a KL autoencoder (4 latent channels) from scratch on HR crops",
+    "prior": "a latent diffusion UNet prior from scratch (null context) in a trained VAE's latent space",
 }
 
 
@@ -62,6 +64,14 @@ def make_trainer(stage: str, config):
         from stablesr.training.stablesr_trainer import StableSRTrainer
 
         return StableSRTrainer(config)
+    if stage == "vae":
+        from stablesr.training.vae_trainer import VAETrainer
+
+        return VAETrainer(config)
+    if stage == "prior":
+        from stablesr.training.prior_trainer import PriorTrainer
+
+        return PriorTrainer(config)
     from stablesr.training.cfw_trainer import CFWTrainer
 
     return CFWTrainer(config)

@@ -95,6 +95,10 @@ class HRFolderDataset(torch.utils.data.Dataset):
         hflip: bool = True,
         degradation: DegradationSettings | None = None,
         seed: int = 0,
+        repeats: int = 1,
+        cache_images: bool = False,
+        mild_degradation: DegradationSettings | None = None,
+        mild_fraction: float = 0.0,
     ):
         min_size = crop_size // 2 + 1 if min_size is None else min_size
         if min_size <= crop_size // 2:
@@ -104,11 +108,25 @@ class HRFolderDataset(torch.utils.data.Dataset):
         if not self.files:
             raise ValueError(f"no usable images (>= {min_size} px, >= {min_bytes} bytes) in {list(map(str, paths))}")
         self.left_out = len(candidates) - len(self.files)
+        if repeats < 1 or not 0.0 <= mild_fraction <= 1.0:
+            raise ValueError(f"need repeats >= 1 and mild_fraction in [0, 1], got {repeats} and {mild_fraction}")
         self.crop_size, self.crop, self.hflip = crop_size, crop, hflip
         self.degradation, self.seed, self.epoch = degradation, seed, 0
+        self.repeats, self.mild_degradation, self.mild_fraction = repeats, mild_degradation, mild_fraction
+        # Decoded once as uint8 (small photo pools on CPU: decoding a PNG costs more than a training crop).
+        self._cache = [self._read_uint8(p) for p in self.files] if cache_images else None
+
+    @staticmethod
+    def _read_uint8(path: Path) -> torch.Tensor:
+        return (read_rgb(path) * 255.0).round().to(torch.uint8)
+
+    def _image(self, file_index: int) -> torch.Tensor:
+        if self._cache is None:
+            return read_rgb(self.files[file_index])
+        return self._cache[file_index].float() / 255.0
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.files) * self.repeats
 
     def set_epoch(self, epoch: int) -> None:
         """Draw new crops and degradations for the next epoch."""
@@ -116,13 +134,17 @@ class HRFolderDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         generator = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index))
-        gt, _ = crop_or_pad(read_rgb(self.files[index]), size=self.crop_size, crop=self.crop, generator=generator)
+        file_index = index % len(self.files)
+        gt, _ = crop_or_pad(self._image(file_index), size=self.crop_size, crop=self.crop, generator=generator)
         if self.hflip and torch.rand((), generator=generator) < 0.5:
             gt = gt.flip(-1)
-        item = {"gt": gt, "path": str(self.files[index])}
+        item = {"gt": gt, "path": str(self.files[file_index])}
         if self.degradation is None:
             return item
-        batch, params = degrade(gt[None], self.degradation, generator=generator)
+        settings = self.degradation
+        if self.mild_degradation is not None and torch.rand((), generator=generator) < self.mild_fraction:
+            settings = self.mild_degradation
+        batch, params = degrade(gt[None], settings, generator=generator)
         return {**item, "gt": batch.gt[0], "lr": batch.lr[0], "lr_up": batch.lr_up[0],
                 "params": json.dumps(params_to_record(params[0]))}
 

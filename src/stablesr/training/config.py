@@ -49,7 +49,9 @@ class ModelInit:
 class DataSettings:
     """HR folders degraded on the fly. `degrade_on` 'loader' degrades each item in the DataLoader
     workers (independent draws per image); 'device' degrades whole batches on the accelerator
-    through the Real-ESRGAN shuffle queue of `queue_size` pairs (saved in checkpoints)."""
+    through the Real-ESRGAN shuffle queue of `queue_size` pairs (saved in checkpoints).
+    `repeats` crops per image per epoch; `cache_images` keeps the decoded pool in memory (small
+    pools); `mild_fraction` of the items use plain bicubic downscaling instead of the preset."""
 
     hr_folders: tuple[str, ...] = ()
     crop_size: int = 512
@@ -62,6 +64,9 @@ class DataSettings:
     queue_size: int = 180
     batch_size: int = 6
     num_workers: int = 2
+    repeats: int = 1
+    cache_images: bool = False
+    mild_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,8 @@ class StableSRTrainConfig:
     data: DataSettings = field(default_factory=DataSettings)
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
     run: RunSettings = field(default_factory=RunSettings)
+    train_unet: bool = False
+    unet_learning_rate: float = 2e-5
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,89 @@ class CFWTrainConfig:
         default_factory=lambda: RunSettings(output_dir="runs/cfw", gradient_accumulation_steps=8, max_steps=100_000))
 
 
-STAGES: dict[str, type] = {"stablesr": StableSRTrainConfig, "cfw": CFWTrainConfig}
+@dataclass(frozen=True)
+class VAEArchitecture:
+    """A `CFWAutoencoderKL` built from scratch: len(block_out_channels) levels give a latent
+    downsampling of 2^(levels - 1). The fusion layers are created but train later (`train cfw`)."""
+
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    mid_block_add_attention: bool = False
+    num_fuse_blocks: int = 1
+    fuse_growth_channels: int = 16
+
+
+@dataclass(frozen=True)
+class VAELossSettings:
+    """L1 + frequency_weight * mean|FFT(x) - FFT(y)| (orthonormal) + kl_weight * mean KL
+    + perceptual_weight * LPIPS(VGG) (when its weights exist) + disc_weight * hinge GAN from disc_start."""
+
+    l1_weight: float = 1.0
+    frequency_weight: float = 0.5
+    kl_weight: float = 1e-6
+    perceptual_weight: float = 0.0
+    lpips_backbone_path: str | None = None
+    disc_weight: float = 0.05
+    disc_start: int = 1000
+    disc_channels: int = 32
+    disc_layers: int = 3
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    """`stablesr train vae`: a KL autoencoder (4 latent channels) from scratch on HR crops."""
+
+    architecture: VAEArchitecture = field(default_factory=VAEArchitecture)
+    data: DataSettings = field(default_factory=lambda: DataSettings(crop_size=128, min_size=128, batch_size=8))
+    loss: VAELossSettings = field(default_factory=VAELossSettings)
+    optimizer: OptimizerSettings = field(
+        default_factory=lambda: OptimizerSettings(learning_rate=2e-4, betas=(0.5, 0.9), weight_decay=0.0))
+    run: RunSettings = field(default_factory=lambda: RunSettings(output_dir="runs/vae", gradient_accumulation_steps=1,
+                                                                 max_steps=3000, checkpoint_every=250))
+
+
+@dataclass(frozen=True)
+class UNetArchitecture:
+    """A small diffusers `UNet2DConditionModel`: resnet-only levels, one attention block in the middle
+    (self-attention + cross-attention to a fixed null context of `context_length` tokens)."""
+
+    block_out_channels: tuple[int, ...] = (64, 128, 192)
+    layers_per_block: int = 1
+    cross_attention_dim: int = 64
+    attention_heads: int = 4
+    context_length: int = 1
+
+
+@dataclass(frozen=True)
+class SRModuleArchitecture:
+    """The fresh time-aware encoder + SFT layers written beside the prior (trained by `train stablesr`)."""
+
+    cond_channels: int = 64
+    model_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 3)
+    num_res_blocks: int = 1
+    sft_hidden_channels: int = 64
+    num_heads: int = 4
+
+
+@dataclass(frozen=True)
+class PriorTrainConfig:
+    """`stablesr train prior`: an unconditional latent diffusion UNet on photo crops, in the latent
+    space of a VAE trained by `train vae` (`vae`: its run folder or its vae/ folder)."""
+
+    vae: str | None = None
+    unet: UNetArchitecture = field(default_factory=UNetArchitecture)
+    sr_module: SRModuleArchitecture = field(default_factory=SRModuleArchitecture)
+    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
+    data: DataSettings = field(default_factory=lambda: DataSettings(crop_size=256, min_size=256, batch_size=8))
+    optimizer: OptimizerSettings = field(default_factory=lambda: OptimizerSettings(learning_rate=2e-4))
+    run: RunSettings = field(default_factory=lambda: RunSettings(output_dir="runs/prior", gradient_accumulation_steps=1,
+                                                                 max_steps=2000, checkpoint_every=250))
+
+
+STAGES: dict[str, type] = {"stablesr": StableSRTrainConfig, "cfw": CFWTrainConfig, "vae": VAETrainConfig,
+                           "prior": PriorTrainConfig}
 
 
 def config_from_dict(cls: type[Config], data: dict) -> Config:
@@ -189,7 +278,7 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(stage: Literal["stablesr", "cfw"], path: str | Path | None, overrides: dict[str, str] | None = None):
+def load_config(stage: Literal["stablesr", "cfw", "vae", "prior"], path: str | Path | None, overrides: dict[str, str] | None = None):
     """The config of `stage` from a YAML file (optional) plus dotted command-line overrides."""
     import yaml
 

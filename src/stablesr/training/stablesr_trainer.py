@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from stablesr.data.batch_degrader import BatchDegrader
 from stablesr.data.datasets import HRFolderDataset, item_seed, list_images, read_rgb
@@ -61,14 +62,19 @@ class StableSRTrainer(Trainer):
         self.pipe = pipe = self._pipeline if self._pipeline is not None else load_initial_pipeline(config.model)
         pipe.unet.eval().requires_grad_(False)
         pipe.vae.eval().requires_grad_(False)
-        self.trainable = pipe.sr_module.train().requires_grad_(True)
+        sr_module = pipe.sr_module.train().requires_grad_(True)
+        groups = [{"params": list(sr_module.parameters()), "lr": config.optimizer.learning_rate}]
+        self.trainable = sr_module
+        if config.train_unet:  # joint finetuning of the prior (a from-scratch prior, e.g. stablesr-nano)
+            pipe.unet.train().requires_grad_(True)
+            self.trainable = nn.ModuleDict({"sr_module": sr_module, "unet": pipe.unet})
+            groups.append({"params": list(pipe.unet.parameters()), "lr": config.unet_learning_rate})
         if config.run.gradient_checkpointing:
             pipe.unet.enable_gradient_checkpointing()
         pipe.vae.to(accelerator.device)
         self.sft_unet = SFTUNet(pipe.unet, pipe.sr_module)
-        optimizer = torch.optim.AdamW(self.trainable.parameters(), lr=config.optimizer.learning_rate,
-                                      betas=config.optimizer.betas, weight_decay=config.optimizer.weight_decay,
-                                      eps=config.optimizer.eps)
+        optimizer = torch.optim.AdamW(groups, betas=config.optimizer.betas,
+                                      weight_decay=config.optimizer.weight_decay, eps=config.optimizer.eps)
         self.model, optimizer = accelerator.prepare(self.sft_unet, optimizer)
         self.optimizers, self.accumulate_modules = {"sr_module": optimizer}, [self.model]
         self.context = pipe.prompt_embeds.get("null").to(accelerator.device)  # (1, 77, D)
@@ -81,9 +87,12 @@ class StableSRTrainer(Trainer):
         data, seed = self.config.data, self.config.run.seed
         settings = preset_settings(data.degradation, scale=data.scale)
         on_loader = data.degrade_on == "loader"
+        mild = preset_settings("bicubic", scale=data.scale) if data.mild_fraction > 0 else None
         dataset = HRFolderDataset(data.hr_folders, crop_size=data.crop_size, min_size=data.min_size,
                                   min_bytes=data.min_bytes, hflip=data.hflip, seed=seed,
-                                  degradation=settings if on_loader else None)
+                                  degradation=settings if on_loader else None, repeats=data.repeats,
+                                  cache_images=data.cache_images, mild_degradation=mild if on_loader else None,
+                                  mild_fraction=data.mild_fraction)
         if on_loader:
             return dataset, None
         process_seed = item_seed(seed, self.accelerator.process_index)
@@ -142,13 +151,19 @@ class StableSRTrainer(Trainer):
         self.degrader.queue_params, self.degrader.filled = state["queue_params"], state["filled"]
         self.degrader.generator.set_state(state["generator"])
 
+    def exported_modules(self):
+        """(unet, sr_module) to ship: the EMA weights of what trained when EMA is on, else the live ones."""
+        trained = self.trainable
+        if self.ema is not None:
+            trained = copy.deepcopy(trained)
+            self.ema.copy_to(trained)
+        if isinstance(trained, nn.ModuleDict):
+            return trained["unet"].eval(), trained["sr_module"]
+        return self.pipe.unet, trained
+
     def exported_sr_module(self):
         """The SR module to ship: the EMA weights when EMA is on, else the live ones."""
-        if self.ema is None:
-            return self.trainable
-        sr_module = copy.deepcopy(self.trainable)
-        self.ema.copy_to(sr_module)
-        return sr_module
+        return self.exported_modules()[1]
 
     def export(self, folder: str | Path) -> Path:
         from stablesr.pipelines.stablesr import StableSRPipeline
@@ -156,7 +171,8 @@ class StableSRTrainer(Trainer):
         folder = Path(folder)
         if self.accelerator.is_main_process:
             pipe = self.pipe
-            exported = StableSRPipeline(unet=pipe.unet, sr_module=self.exported_sr_module(), vae=pipe.vae,
+            unet, sr_module = self.exported_modules()
+            exported = StableSRPipeline(unet=unet, sr_module=sr_module, vae=pipe.vae,
                                         scheduler=pipe.scheduler, prompt_embeds=pipe.prompt_embeds,
                                         cfw_trained=pipe.config.cfw_trained)
             exported.save_pretrained(folder, safe_serialization=True)
