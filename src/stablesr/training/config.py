@@ -278,7 +278,8 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(stage: Literal["stablesr", "cfw", "vae", "prior"], path: str | Path | None, overrides: dict[str, str] | None = None):
+def load_config(stage: Literal["stablesr", "cfw", "vae", "prior"], path: str | Path | None,
+                overrides: dict[str, str] | None = None):
     """The config of `stage` from a YAML file (optional) plus dotted command-line overrides."""
     import yaml
 
