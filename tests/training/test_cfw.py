@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from stablesr.data.records import to_record
 from stablesr.training.cfw_data import CFWTripletDataset, generate_cfw_data, load_latent
 from stablesr.training.cfw_trainer import FUSION_PREFIXES, CFWTrainer
 from stablesr.training.config import CFWTrainConfig, config_from_dict
@@ -89,3 +90,19 @@ def test_discriminator_waits_for_disc_start(cfw_folder, tmp_path):
     rows = (tmp_path / "logs" / "train_log.csv").read_text().splitlines()
     assert rows[0] == "step,loss,l1,perceptual,g_loss,d_loss,lr,steps_per_s,elapsed_s"
     assert rows[-1].split(",")[4:6] == ["0.0", "0.0"]
+
+
+def test_cfw_training_with_the_decoder_moves_decoder_and_fusion_only(cfw_folder, tmp_path):
+    pipe = make_tiny_pipeline()
+    before = {k: v.clone() for k, v in pipe.vae.state_dict().items()}
+    config = cfw_config(cfw_folder, tmp_path)
+    config = config_from_dict(CFWTrainConfig, {**to_record(config), "train_decoder": True})
+    with pytest.warns(UserWarning, match="perceptual loss OFF"):
+        trainer = CFWTrainer(config, pipeline=pipe)
+    trainer.train()
+    changed = {k for k, v in pipe.vae.state_dict().items() if not torch.equal(v, before[k])}
+    assert {k.split(".")[0] for k in changed} == {"fusion_layer_1", "fusion_layer_2", "decoder", "post_quant_conv"}
+    assert not any(k.startswith(("encoder.", "quant_conv.")) for k in changed)
+    # a resumed run restores the decoder from its checkpoint, not only the fusion layers
+    weights = trainer.trainable_weights()["trainable"]
+    assert any(k.startswith("decoder.") for k in weights) and any(k.startswith("fusion_layer_1.") for k in weights)

@@ -28,6 +28,7 @@ from stablesr.training.discriminator import PatchDiscriminator, hinge_discrimina
 from stablesr.training.loop import Trainer
 
 FUSION_PREFIXES = ("fusion_layer_1.", "fusion_layer_2.")
+DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
 
 
 class CFWDecoder(nn.Module):
@@ -43,8 +44,8 @@ class CFWDecoder(nn.Module):
         return self.vae.decode_with_features(z, enc_feats, fidelity=1.0)
 
 
-def fusion_state(vae: CFWAutoencoderKL) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in vae.state_dict().items() if k.startswith(FUSION_PREFIXES)}
+def fusion_state(vae: CFWAutoencoderKL, prefixes: tuple[str, ...] = FUSION_PREFIXES) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in vae.state_dict().items() if k.startswith(prefixes)}
 
 
 def reset_fusion_layers(vae: CFWAutoencoderKL) -> None:
@@ -73,8 +74,9 @@ class CFWTrainer(Trainer):
         vae = self.pipe.vae.eval().requires_grad_(False)
         if config.fresh_fusion:
             reset_fusion_layers(vae)
-        for name in ("fusion_layer_1", "fusion_layer_2"):
-            getattr(vae, name).requires_grad_(True)
+        self.trained_prefixes = FUSION_PREFIXES + (DECODER_PREFIXES if config.train_decoder else ())
+        for name, parameter in vae.named_parameters():
+            parameter.requires_grad_(name.startswith(self.trained_prefixes))
         self.trainable = vae
         self.perceptual = self._perceptual_loss()
         discriminator = PatchDiscriminator(channels=config.loss.disc_channels, num_layers=config.loss.disc_layers)
@@ -158,11 +160,12 @@ class CFWTrainer(Trainer):
     # ------------------------------------------------------------------ state and export
     def trainable_weights(self) -> dict[str, dict[str, torch.Tensor]]:
         discriminator = self.accelerator.unwrap_model(self.discriminator)
-        return {"trainable": fusion_state(self.trainable), "discriminator": discriminator.state_dict()}
+        return {"trainable": fusion_state(self.trainable, self.trained_prefixes),
+                "discriminator": discriminator.state_dict()}
 
     def load_trainable_weights(self, weights: dict[str, dict[str, torch.Tensor]]) -> None:
         result = self.trainable.load_state_dict(weights["trainable"], strict=False)
-        if result.unexpected_keys or any(k.startswith(FUSION_PREFIXES) for k in result.missing_keys):
+        if result.unexpected_keys or any(k.startswith(self.trained_prefixes) for k in result.missing_keys):
             raise StableSRError("checkpoint fusion weights do not match this autoencoder")
         self.accelerator.unwrap_model(self.discriminator).load_state_dict(weights["discriminator"])
 

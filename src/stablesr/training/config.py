@@ -141,10 +141,12 @@ class CFWLossSettings:
 
 @dataclass(frozen=True)
 class CFWTrainConfig:
-    """`stablesr train cfw`: only the two CFW fusion layers (and the discriminator) train."""
+    """`stablesr train cfw`: only the two CFW fusion layers (and the discriminator) train; with
+    `train_decoder` the VAE decoder finetunes with them (a from-scratch VAE, e.g. stablesr-nano)."""
 
     pipeline: str | None = None
     fresh_fusion: bool = True
+    train_decoder: bool = False
     data: CFWDataSettings = field(default_factory=CFWDataSettings)
     loss: CFWLossSettings = field(default_factory=CFWLossSettings)
     optimizer: OptimizerSettings = field(

@@ -275,10 +275,11 @@ def build_pipeline(checkpoints: list[str | Path], *, base: Base | str | None = N
 
 
 def load_pipeline(model: str | Path, *, torch_dtype: torch.dtype = torch.float32):
-    """A converted folder -> StableSRPipeline (offline). Clear error when it is absent or incomplete."""
+    """A converted folder or a bundled model's name -> StableSRPipeline (offline); clear error when absent."""
     from stablesr.pipelines.stablesr import StableSRPipeline
+    from stablesr.weights.bundled import resolve_model
 
-    folder = Path(model).expanduser()
+    folder = resolve_model(model)
     if not (folder / "model_index.json").is_file():
         raise WeightsNotFoundError(f"model folder {folder} not found (no model_index.json there). " + OBTAIN_HINT)
     return StableSRPipeline.from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
