@@ -13,6 +13,7 @@ TARGETS = {
     "realesrgan": ("stablesr.bench.realesrgan", "the Real-ESRGAN x4plus baseline"),
     "train": ("stablesr.bench.train", "stage-1 training steps/s and peak memory"),
     "metrics": ("stablesr.bench.metrics", "seconds per image of each evaluation metric"),
+    "nano": ("stablesr.bench.nano", "the bundled model end to end vs Real-ESRGAN (time, peak memory)"),
 }
 
 
