@@ -158,11 +158,15 @@ class CFWTrainConfig:
 @dataclass(frozen=True)
 class VAEArchitecture:
     """A `CFWAutoencoderKL` built from scratch: len(block_out_channels) levels give a latent
-    downsampling of 2^(levels - 1). The fusion layers are created but train later (`train cfw`)."""
+    downsampling of 2^(levels - 1). The fusion layers are created but train later (`train cfw`).
+    `norm_num_groups` 8 keeps >= 4 channels per GroupNorm group at 32 channels: with one channel per
+    group (SD's 32 groups on 32 channels) GroupNorm is InstanceNorm and erases each channel's mean,
+    i.e. the crop's colour, which the young network then cannot learn."""
 
     block_out_channels: tuple[int, ...] = (32, 64, 128)
     layers_per_block: int = 1
     latent_channels: int = 4
+    norm_num_groups: int = 8
     mid_block_add_attention: bool = False
     num_fuse_blocks: int = 1
     fuse_growth_channels: int = 16
@@ -204,6 +208,7 @@ class UNetArchitecture:
 
     block_out_channels: tuple[int, ...] = (64, 128, 192)
     layers_per_block: int = 1
+    norm_num_groups: int = 16
     cross_attention_dim: int = 64
     attention_heads: int = 4
     context_length: int = 1

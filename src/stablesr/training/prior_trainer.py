@@ -40,6 +40,7 @@ def build_unet(architecture: UNetArchitecture, latent_channels: int) -> UNet2DCo
     return UNet2DConditionModel(in_channels=latent_channels, out_channels=latent_channels,
                                 block_out_channels=tuple(architecture.block_out_channels),
                                 layers_per_block=architecture.layers_per_block,
+                                norm_num_groups=architecture.norm_num_groups,
                                 down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
                                 mid_block_type="UNetMidBlock2DCrossAttn",
                                 cross_attention_dim=architecture.cross_attention_dim,

@@ -50,6 +50,7 @@ def _fresh_vae(architecture: VAEArchitecture, levels: int) -> CFWAutoencoderKL:
                             up_block_types=("UpDecoderBlock2D",) * levels,
                             layers_per_block=architecture.layers_per_block,
                             latent_channels=architecture.latent_channels,
+                            norm_num_groups=architecture.norm_num_groups,
                             mid_block_add_attention=architecture.mid_block_add_attention,
                             num_fuse_blocks=architecture.num_fuse_blocks,
                             fuse_growth_channels=architecture.fuse_growth_channels,
