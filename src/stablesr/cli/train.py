@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     trainer = make_trainer(args.stage, config)
     folder = trainer.train()
     if args.export:
-        trainer.export(args.export)
+        trainer.export_readable(args.export)
     if hasattr(trainer, "close"):
         trainer.close()
     trainer.accelerator.print(f"trained {config.run.max_steps} steps; pipeline folder: {folder}"

@@ -10,6 +10,10 @@ A checkpoint is a folder `OUTPUT/checkpoints/step-00001500/` holding
     rank0.pt, rank1.pt ...  per-process extras (the degradation queue when degrading on device)
     trainer_state.json      step and the config that produced it
 
+The .pt files hold only tensors, numbers, strings and containers (plus the degradation parameter
+dataclasses of the queue), and are read with `torch.load(weights_only=True)`: a tampered run
+folder cannot run code on resume.
+
 The frozen UNet / VAE are not stored: they are rebuilt from the run's initialisation source.
 A folder is complete only once renamed from `step-XXXXXXXX.tmp`, so a crash mid-save never
 leaves a checkpoint that `resume: latest` would pick up.
@@ -17,6 +21,7 @@ leaves a checkpoint that `resume: latest` would pick up.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -27,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from stablesr.errors import StableSRError
+from stablesr.weights.folders import apply_umask
 
 CHECKPOINTS = "checkpoints"
 
@@ -64,15 +70,20 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
 
 
 def capture_rng() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states as tensors, numbers and lists only (loadable with weights_only=True)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [name, keys.tolist(), position, has_gauss, cached_gaussian],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -90,6 +101,7 @@ def write_main_files(folder: Path, *, step: int, weights: dict[str, dict[str, to
     torch.save(states, folder / "optimizer.pt")
     torch.save(capture_rng(), folder / "rng.pt")
     (folder / "trainer_state.json").write_text(json.dumps({"step": step, "config": config_record}, indent=2))
+    apply_umask(folder)  # safetensors writes 0600
 
 
 def finalize(folder: Path) -> Path:
@@ -110,15 +122,29 @@ def read_weights(folder: Path, stem: str) -> dict[str, torch.Tensor] | None:
     return load_file(str(path)) if path.is_file() else None
 
 
+def _safe_load(path: Path):
+    """torch.load with weights_only=True (no code runs); the degradation queue's parameter
+    dataclasses are the only classes allowed beyond tensors and plain containers."""
+    from stablesr.data import bsrgan, degradations, kernels, realesrgan
+
+    classes = [value for module in (bsrgan, degradations, kernels, realesrgan) for value in vars(module).values()
+               if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__module__ == module.__name__]
+    try:
+        with torch.serialization.safe_globals(classes):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling untrusted bytes can fail in any way
+        raise StableSRError(f"cannot resume from {path}: not a checkpoint file written by stablesr "
+                            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from error
+
+
 def read_states(folder: Path) -> dict:
-    # RNG states hold NumPy objects, so rng.pt needs full unpickling; it is our own file.
-    return torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
+    return _safe_load(folder / "optimizer.pt")
 
 
 def read_rng(folder: Path) -> dict:
-    return torch.load(folder / "rng.pt", map_location="cpu", weights_only=False)
+    return _safe_load(folder / "rng.pt")
 
 
 def read_rank_state(folder: Path, rank: int) -> dict | None:
     path = folder / f"rank{rank}.pt"
-    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+    return _safe_load(path) if path.is_file() else None

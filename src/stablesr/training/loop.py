@@ -28,6 +28,7 @@ from stablesr.training.config import RunSettings, save_config_json
 from stablesr.training.ema import EMA
 from stablesr.training.logger import TrainingLogger
 from stablesr.training.stream import batch_stream, step_generator
+from stablesr.weights.folders import apply_umask
 
 
 def warmup_factor(warmup_steps: int):
@@ -118,7 +119,14 @@ class Trainer:
             self._one_step(batches, logger)
             self._after_step(logger)
         logger.close()
-        return self.export(self.output_dir)
+        return self.export_readable(self.output_dir)
+
+    def export_readable(self, folder: str | Path) -> Path:
+        """`export`, then the umask's permissions on the folder's files (safetensors writes them 0600)."""
+        folder = self.export(Path(folder))
+        if self.accelerator.is_main_process:
+            apply_umask(folder)
+        return folder
 
     def _one_step(self, batches, logger: TrainingLogger) -> None:
         rank = self.accelerator.process_index

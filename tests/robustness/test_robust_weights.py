@@ -1,0 +1,189 @@
+"""Malicious and broken checkpoints, broken model folders and half-written conversions: each is
+refused with one clear error, runs no code, allocates nothing unbounded and changes nothing."""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from stablesr.errors import StableSRError
+from stablesr.weights.folders import MANIFEST, apply_umask, write_model_folder
+from stablesr.weights.io import CheckpointReadError, InertObject, _read_pickle, load_state_dict, save_state_dict
+from stablesr.weights.loading import load_pipeline
+
+PAYLOAD_RAN = []
+
+
+class Bomb:
+    """Pickles as builtins.<name>(range(10**9)) (or bytearray(10**12)): gigabytes from a few bytes."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __reduce__(self):
+        if self.name == "bytearray":
+            return builtins.bytearray, (10**12,)
+        return getattr(builtins, self.name), (range(10**9),)
+
+
+class Payload:
+    def __reduce__(self):
+        return PAYLOAD_RAN.append, ("ran",)
+
+
+@pytest.mark.parametrize("name", ["set", "frozenset", "list", "bytearray"])
+def test_container_bombs_stay_inert(tmp_path, name):
+    path = tmp_path / "bomb.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "bomb": Bomb(name)}, path)
+    assert path.stat().st_size < 4096
+    content = _read_pickle(path, trust_pickle=False, map_location="cpu")
+    assert isinstance(content["bomb"], InertObject) and content["bomb"].class_path == f"builtins.{name}"
+    assert isinstance(content["bomb"].args[0], InertObject) or name == "bytearray"
+    assert torch.equal(load_state_dict(path)["w"], torch.ones(2))
+
+
+def test_a_stride_zero_giant_view_is_refused(tmp_path):
+    path = tmp_path / "expanded.pt"
+    torch.save({"w": torch.zeros(1).expand(10**7)}, path)
+    with pytest.raises(CheckpointReadError, match="more elements than their stored data"):
+        load_state_dict(path)
+
+
+def _broken_checkpoints(tmp_path: Path) -> dict[str, Path]:
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.arange(1000.0)}}, good)
+    save_state_dict({"w": torch.arange(1000.0)}, tmp_path / "good.safetensors")
+    data, tensors = good.read_bytes(), (tmp_path / "good.safetensors").read_bytes()
+    files = {"truncated.ckpt": data[: len(data) // 2], "empty.ckpt": b"", "garbage.pt": os.urandom(2048),
+             "truncated.safetensors": tensors[: len(tensors) // 2], "empty.safetensors": b"",
+             "header_lies.safetensors": (10**12).to_bytes(8, "little") + b"{}", "weights.txt": b"w"}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    torch.save([1, 2, 3], tmp_path / "a_list.pt")
+    torch.save({"state_dict": {"w": "not a tensor"}}, tmp_path / "strings.ckpt")
+    (tmp_path / "folder.ckpt").mkdir()
+    return {name: tmp_path / name for name in [*files, "a_list.pt", "strings.ckpt", "folder.ckpt", "absent.ckpt"]}
+
+
+BROKEN = ["truncated.ckpt", "empty.ckpt", "garbage.pt", "truncated.safetensors", "empty.safetensors",
+          "header_lies.safetensors", "weights.txt", "a_list.pt", "strings.ckpt", "folder.ckpt", "absent.ckpt"]
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_broken_checkpoints_raise_one_clear_error(tmp_path, name):
+    path = _broken_checkpoints(tmp_path)[name]
+    with pytest.raises(StableSRError, match=str(path.name)):
+        load_state_dict(path)
+
+
+def test_a_code_payload_in_a_checkpoint_never_runs(tmp_path):
+    torch.save({"state_dict": {"w": torch.ones(1)}, "x": Payload()}, tmp_path / "evil.ckpt")
+    with pytest.raises(CheckpointReadError, match="evil.ckpt"):  # getattr(list, 'append') is inert: not callable
+        load_state_dict(tmp_path / "evil.ckpt")
+    assert PAYLOAD_RAN == []
+
+
+# ---------------------------------------------------------------------------------------------- model folders
+@pytest.fixture
+def model_dir(tmp_path, tiny_pipeline) -> Path:
+    return write_model_folder(tmp_path / "model", lambda folder: tiny_pipeline.save_pretrained(folder))
+
+
+def _break(folder: Path, how: str) -> None:
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    if how == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif how == "missing component":
+        shutil.rmtree(folder / "vae")
+    elif how == "mixed write":  # an older writer replaced unet/ only, with other weights
+        weights.write_bytes(weights.read_bytes() + b" ")
+    elif how == "bad manifest":
+        (folder / MANIFEST).write_text("{not json")
+    elif how == "no manifest, missing weights":
+        (folder / MANIFEST).unlink()
+        weights.unlink()
+    elif how == "no manifest, missing component":
+        (folder / MANIFEST).unlink()
+        shutil.rmtree(folder / "sr_module")
+    elif how == "bad model_index":
+        (folder / MANIFEST).unlink()
+        (folder / "model_index.json").write_text("[")
+
+
+FOLDER_DAMAGE = ["truncated weights", "missing component", "mixed write", "bad manifest",
+                 "no manifest, missing weights", "no manifest, missing component", "bad model_index"]
+
+
+@pytest.mark.parametrize("how", FOLDER_DAMAGE)
+def test_broken_model_folders_are_refused_at_load(model_dir, how):
+    _break(model_dir, how)
+    with pytest.raises(StableSRError, match="model folder"):
+        load_pipeline(model_dir)
+
+
+def test_whole_folders_load_with_and_without_a_manifest(model_dir, tiny_pipeline, tmp_path):
+    manifest = json.loads((model_dir / MANIFEST).read_text())
+    assert manifest["files"]["unet/diffusion_pytorch_model.safetensors"] > 0 and len(manifest["files"]) == 10
+    assert torch.equal(load_pipeline(model_dir).unet.conv_in.weight, tiny_pipeline.unet.conv_in.weight)
+    tiny_pipeline.save_pretrained(tmp_path / "plain")  # an older version's folder: no manifest
+    assert torch.equal(load_pipeline(tmp_path / "plain").unet.conv_in.weight, tiny_pipeline.unet.conv_in.weight)
+
+
+def test_a_failed_overwrite_leaves_the_old_folder_as_it_was(model_dir, tiny_pipeline):
+    before = {p: p.read_bytes() for p in sorted(model_dir.rglob("*")) if p.is_file()}
+
+    def save_until_full(folder):
+        tiny_pipeline.unet.save_pretrained(folder / "unet")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_model_folder(model_dir, save_until_full, overwrite=True)
+    assert {p: p.read_bytes() for p in sorted(model_dir.rglob("*")) if p.is_file()} == before
+    assert sorted(p.name for p in model_dir.parent.iterdir()) == ["model"]  # no temporary folder left
+    with pytest.raises(StableSRError, match="pass --overwrite"):
+        write_model_folder(model_dir, save_until_full)
+
+
+def test_a_folder_of_other_files_is_never_replaced(tmp_path, tiny_pipeline):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "keep.jpg").write_bytes(b"precious")
+    with pytest.raises(StableSRError, match="holds files but no model"):
+        write_model_folder(tmp_path / "photos", tiny_pipeline.save_pretrained, overwrite=True)
+    assert (tmp_path / "photos" / "keep.jpg").read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_weight_files_follow_the_umask(tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        save_state_dict({"w": torch.ones(1)}, tmp_path / "w.safetensors")
+        (tmp_path / "sub").mkdir()
+        from safetensors.torch import save_file
+
+        save_file({"w": torch.ones(1)}, str(tmp_path / "sub" / "raw.safetensors"))
+        assert stat.S_IMODE((tmp_path / "sub" / "raw.safetensors").stat().st_mode) == 0o600  # safetensors' own
+        apply_umask(tmp_path / "sub")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((tmp_path / "sub" / "raw.safetensors").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((tmp_path / "sub").stat().st_mode) == 0o777 & ~mask
+
+
+def test_model_folders_are_written_with_the_umask(model_dir):
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in model_dir.rglob("*") if p.is_file()}
+    assert modes == {0o666 & ~_umask()}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
