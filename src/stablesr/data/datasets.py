@@ -11,6 +11,7 @@ text of the item's degradation record (strings collate into a list).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 
 from stablesr.data.degradations import DegradationSettings, degrade, params_to_record
+from stablesr.errors import StableSRError
 from stablesr.imaging import load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -99,11 +101,16 @@ class HRFolderDataset(torch.utils.data.Dataset):
         min_size = crop_size // 2 + 1 if min_size is None else min_size
         if min_size <= crop_size // 2:
             raise ValueError(f"min_size must exceed crop_size / 2 = {crop_size // 2} so reflect padding works")
+        missing = [str(path) for path in map(Path, paths) if not path.exists()]
+        if missing:
+            raise ValueError(f"image folder(s) not found: {', '.join(missing)}")
         candidates = list_images(paths)
         self.files = [p for p in candidates if _big_enough(p, min_size, min_bytes)]
         if not self.files:
-            raise ValueError(f"no usable images (>= {min_size} px, >= {min_bytes} bytes) in {list(map(str, paths))}")
-        self.left_out = len(candidates) - len(self.files)
+            raise ValueError(f"no usable images (>= {min_size} px, >= {min_bytes} bytes) among the "
+                             f"{len(candidates)} image file(s) in {list(map(str, paths))}")
+        self.left_out_files = sorted(set(candidates) - set(self.files))
+        self.left_out = len(self.left_out_files)
         self.crop_size, self.crop, self.hflip = crop_size, crop, hflip
         self.degradation, self.seed, self.epoch = degradation, seed, 0
 
@@ -114,12 +121,24 @@ class HRFolderDataset(torch.utils.data.Dataset):
         """Draw new crops and degradations for the next epoch."""
         self.epoch = epoch
 
+    def read(self, index: int) -> tuple[torch.Tensor, Path]:
+        """The image at `index`, or (with a warning) the next readable one when it cannot be decoded (a
+        truncated file whose header looked fine), so one bad file never stops a run."""
+        for offset in range(len(self.files)):
+            path = self.files[(index + offset) % len(self.files)]
+            try:
+                return read_rgb(path), path
+            except (StableSRError, OSError, ValueError) as error:
+                warnings.warn(f"skipped unreadable training image {path}: {error}", stacklevel=2)
+        raise StableSRError(f"none of the {len(self.files)} training images can be read")
+
     def __getitem__(self, index: int) -> dict:
         generator = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index))
-        gt, _ = crop_or_pad(read_rgb(self.files[index]), size=self.crop_size, crop=self.crop, generator=generator)
+        image, path = self.read(index)
+        gt, _ = crop_or_pad(image, size=self.crop_size, crop=self.crop, generator=generator)
         if self.hflip and torch.rand((), generator=generator) < 0.5:
             gt = gt.flip(-1)
-        item = {"gt": gt, "path": str(self.files[index])}
+        item = {"gt": gt, "path": str(path)}
         if self.degradation is None:
             return item
         batch, params = degrade(gt[None], self.degradation, generator=generator)

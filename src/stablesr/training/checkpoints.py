@@ -94,13 +94,14 @@ def contiguous_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def write_main_files(folder: Path, *, step: int, weights: dict[str, dict[str, torch.Tensor]], states: dict,
-                     config_record: dict) -> None:
+                     config_record: dict, num_processes: int | None = None) -> None:
     """Main-process files of a checkpoint; `weights` maps a file stem to a state dict."""
     for stem, state in weights.items():
         save_file(contiguous_cpu(state), str(folder / f"{stem}.safetensors"))
     torch.save(states, folder / "optimizer.pt")
     torch.save(capture_rng(), folder / "rng.pt")
-    (folder / "trainer_state.json").write_text(json.dumps({"step": step, "config": config_record}, indent=2))
+    state = {"step": step, "num_processes": num_processes, "config": config_record}
+    (folder / "trainer_state.json").write_text(json.dumps(state, indent=2))
     apply_umask(folder)  # safetensors writes 0600
 
 
@@ -111,6 +112,37 @@ def finalize(folder: Path) -> Path:
         shutil.rmtree(final)
     folder.rename(final)
     return final
+
+
+def run_signature(config_record: dict, num_processes: int | None) -> dict:
+    """What a resumed run must share with its checkpoint, from a config record (`to_record(config)`)."""
+    data, run = config_record.get("data", {}), config_record.get("run", {})
+    on_device = data.get("degrade_on") == "device"
+    return {"processes": num_processes, "data.batch_size": data.get("batch_size"),
+            "run.gradient_accumulation_steps": run.get("gradient_accumulation_steps"),
+            "EMA": None if "ema_decay" not in run else ("on" if run["ema_decay"] else "off"),
+            "data.degrade_on": data.get("degrade_on"), "data.queue_size": data.get("queue_size") if on_device else None}
+
+
+def resume_problems(folder: Path, current: dict, weights: dict[str, dict[str, torch.Tensor]],
+                    model_weights: dict[str, dict[str, torch.Tensor]]) -> list[str]:
+    """Differences between checkpoint `folder` and the run about to continue from it: its signature
+    (`run_signature`; settings a checkpoint predates are not compared) and the trainable weights' shapes."""
+    state = json.loads((folder / "trainer_state.json").read_text())
+    saved = run_signature(state.get("config", {}), state.get("num_processes"))
+    problems = [f"{name} {saved[name]} in the checkpoint, {value} now" for name, value in current.items()
+                if saved.get(name) is not None and value is not None and saved[name] != value]
+    for stem, state_dict in model_weights.items():
+        stored = weights.get(stem, {})
+        if set(stored) != set(state_dict):
+            problems.append(f"{stem} weights have {len(stored)} tensors in the checkpoint, {len(state_dict)} now")
+            continue
+        wrong = [name for name, tensor in state_dict.items() if tuple(stored[name].shape) != tuple(tensor.shape)]
+        if wrong:
+            name = wrong[0]
+            problems.append(f"model size: {stem} {name} is {tuple(weights[stem][name].shape)} in the checkpoint, "
+                            f"{tuple(state_dict[name].shape)} now ({len(wrong)} tensors differ)")
+    return problems
 
 
 def read_step(folder: Path) -> int:
@@ -133,8 +165,8 @@ def _safe_load(path: Path):
         with torch.serialization.safe_globals(classes):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling untrusted bytes can fail in any way
-        raise StableSRError(f"cannot resume from {path}: not a checkpoint file written by stablesr "
-                            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from error
+        raise StableSRError(f"cannot resume from {path}: not a checkpoint file written by stablesr, or tampered "
+                            f"with ({type(error).__name__}); it was not run") from error
 
 
 def read_states(folder: Path) -> dict:

@@ -94,6 +94,7 @@ class RunSettings:
     validation_steps: int = 20
     seed: int = 23
     resume: str | None = None
+    overwrite: bool = False  # a fresh run may replace an earlier run's checkpoints, logs and previews here
     cpu: bool = False
     progress: bool = True
 
