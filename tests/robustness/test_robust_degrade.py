@@ -154,3 +154,27 @@ def test_sigint_mid_run_keeps_a_record_for_every_finished_pair(tmp_path):
     pairs = sorted(p.stem for p in (out / "lr").glob("*.png"))
     assert 2 <= len(pairs) < 120
     assert set(_names(out)) == set(pairs) and len(_names(out)) == len(pairs)
+
+
+def test_a_file_in_place_of_the_lr_folder_exits_1(cli, hr_dir, tmp_path):
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "lr").write_text("not a folder")
+    code, _, err = cli("degrade", hr_dir, "-o", tmp_path / "pairs", *BICUBIC)
+    assert code == 1 and f"cannot write to {tmp_path / 'pairs'}" in err
+    assert (tmp_path / "pairs" / "lr").read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores permissions")
+def test_a_read_only_output_folder_exits_1_and_changes_nothing(cli, hr_dir, tmp_path):
+    out = tmp_path / "pairs"
+    assert cli("degrade", hr_dir / "a.png", "-o", out, *BICUBIC)[0] == 0
+    before = (out / "params.jsonl").read_bytes()
+    for folder in (out, out / "hr", out / "lr"):
+        folder.chmod(0o555)
+    (out / "params.jsonl").chmod(0o444)
+    try:
+        code, _, err = cli("degrade", hr_dir / "b.png", "-o", out, *BICUBIC)
+    finally:
+        for folder in (out, out / "hr", out / "lr"):
+            folder.chmod(0o755)
+    assert code == 1 and "cannot write" in err and (out / "params.jsonl").read_bytes() == before

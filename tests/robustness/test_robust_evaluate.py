@@ -81,3 +81,12 @@ def test_a_full_disk_when_writing_results_exits_1_after_the_table(cli, folders, 
 def test_bad_arguments_are_one_line(cli, folders, argv, expected_code, message):
     code, _, err = cli("evaluate", folders[0], "--gt", folders[1], *argv)
     assert code == expected_code and message in err and err.count("\n") == 1, err
+
+
+def test_device_cuda_without_cuda_is_one_line(cli, folders):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    code, _, err = cli("evaluate", folders[0], "--gt", folders[1], "--device", "cuda")
+    assert code == 2 and err == "error: --device cuda requested but CUDA is not available\n"

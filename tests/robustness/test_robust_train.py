@@ -172,3 +172,24 @@ def test_a_compatible_resume_continues(cli, tmp_path, finished_run, tiny_model_d
     assert code == 0 and f"resumed from {run / 'checkpoints' / 'step-00000002'} at step 2" in out
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001", "step-00000002",
                                                                       "step-00000003"]
+
+
+def test_a_full_disk_mid_run_is_one_line_and_keeps_finished_checkpoints(cli, tmp_path, tiny_model_dir, hr,
+                                                                        monkeypatch):
+    import errno
+
+    from stablesr.training import checkpoints
+
+    real_write = checkpoints.write_main_files
+
+    def write_until_full(folder, *, step, **kwargs):
+        if step >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(folder, step=step, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "write_main_files", write_until_full)
+    code, _, err = cli(*_run_args(tiny_model_dir, hr, tmp_path / "run"), "--run.max_steps", "3")
+    assert code == 1 and "training stopped at step 2" in err and "No space left on device" in err
+    assert _one_error_line(err)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.is_dir()) == [
+        "step-00000001", "step-00000002.tmp"]

@@ -55,9 +55,12 @@ def run(args: argparse.Namespace) -> int:
         trainer = make_trainer(args.stage, config)
     except ValueError as error:  # the data the config names: missing or empty folders, images too small
         return fail(f"cannot start training: {error}")
-    folder = trainer.train()
-    if args.export:
-        trainer.export_readable(args.export)
+    try:
+        folder = trainer.train()
+        if args.export:
+            trainer.export_readable(args.export)
+    except OSError as error:  # a full disk or a vanished folder mid-run: the finished checkpoints are kept
+        return fail(f"training stopped at step {trainer.step}: {error} (resume with --run.resume latest)", code=1)
     if hasattr(trainer, "close"):
         trainer.close()
     trainer.accelerator.print(f"trained {config.run.max_steps} steps; pipeline folder: {folder}"
