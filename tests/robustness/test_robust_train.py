@@ -193,3 +193,22 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_finished_checkpoints(cli, tmp
     assert _one_error_line(err)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.is_dir()) == [
         "step-00000001", "step-00000002.tmp"]
+
+
+def test_exports_are_readable_and_replace_a_stale_manifest(cli, tmp_path, tiny_model_dir, tiny_pipeline, hr):
+    import os
+    import stat
+
+    from stablesr.weights.folders import MANIFEST, write_model_folder
+    from stablesr.weights.loading import load_pipeline
+
+    exported = write_model_folder(tmp_path / "exported", tiny_pipeline.save_pretrained)
+    assert (exported / MANIFEST).is_file()
+    code, _, _ = cli(*_run_args(tiny_model_dir, hr, tmp_path / "run"), "--run.max_steps", "1", "--export", exported)
+    assert code == 0 and not (exported / MANIFEST).exists()
+    assert load_pipeline(exported).config.cfw_trained is True
+    mask = os.umask(0)
+    os.umask(mask)
+    for folder in (exported, tmp_path / "run"):
+        modes = {stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*.safetensors")}
+        assert modes == {0o666 & ~mask}, folder

@@ -30,7 +30,7 @@ from stablesr.training.config import RunSettings, save_config_json
 from stablesr.training.ema import EMA
 from stablesr.training.logger import TrainingLogger
 from stablesr.training.stream import batch_stream, step_generator
-from stablesr.weights.folders import apply_umask
+from stablesr.weights.folders import MANIFEST, apply_umask
 
 
 def warmup_factor(warmup_steps: int):
@@ -161,6 +161,8 @@ class Trainer:
 
     def export_readable(self, folder: str | Path) -> Path:
         """`export`, then the umask's permissions on the folder's files (safetensors writes them 0600)."""
+        if self.accelerator.is_main_process:  # a manifest of what was there before would no longer match
+            (Path(folder) / MANIFEST).unlink(missing_ok=True)
         folder = self.export(Path(folder))
         if self.accelerator.is_main_process:
             apply_umask(folder)
