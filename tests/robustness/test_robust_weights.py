@@ -187,3 +187,14 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_upscale_refuses_a_mixed_model_folder_in_one_line(cli, model_dir, tmp_path):
+    from robust_helpers import write_image
+
+    _break(model_dir, "mixed write")
+    write_image(tmp_path / "lr.png", size=(12, 10))
+    code, _, err = cli("upscale", tmp_path / "lr.png", "-o", tmp_path / "sr", "--model", model_dir, "--device", "cpu")
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert code == 2 and lines[-1].startswith("error: model folder") and "incomplete or mixed" in lines[-1]
+    assert not (tmp_path / "sr").exists()
