@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import builtins
 import errno
+import io
 import json
 import os
 import shutil
 import stat
+import struct
 from pathlib import Path
 
 import pytest
@@ -67,14 +69,22 @@ def _broken_checkpoints(tmp_path: Path) -> dict[str, Path]:
              "header_lies.safetensors": (10**12).to_bytes(8, "little") + b"{}", "weights.txt": b"w"}
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
+    legacy = io.BytesIO()  # the pre-1.6 format: the pickle declares each storage's size before its data
+    torch.save({"w": torch.zeros(54321)}, legacy, _use_new_zipfile_serialization=False)
+    declared = b"M" + struct.pack("<H", 54321)  # BININT2 54321 in the storage's persistent id
+    assert legacy.getvalue().count(declared) == 2
+    lying = legacy.getvalue().replace(declared, b"J" + struct.pack("<i", 2_000_000_000), 1)  # 8 GB declared
+    (tmp_path / "legacy_size_lie.pt").write_bytes(lying)
     torch.save([1, 2, 3], tmp_path / "a_list.pt")
     torch.save({"state_dict": {"w": "not a tensor"}}, tmp_path / "strings.ckpt")
     (tmp_path / "folder.ckpt").mkdir()
-    return {name: tmp_path / name for name in [*files, "a_list.pt", "strings.ckpt", "folder.ckpt", "absent.ckpt"]}
+    names = [*files, "legacy_size_lie.pt", "a_list.pt", "strings.ckpt", "folder.ckpt", "absent.ckpt"]
+    return {name: tmp_path / name for name in names}
 
 
 BROKEN = ["truncated.ckpt", "empty.ckpt", "garbage.pt", "truncated.safetensors", "empty.safetensors",
-          "header_lies.safetensors", "weights.txt", "a_list.pt", "strings.ckpt", "folder.ckpt", "absent.ckpt"]
+          "header_lies.safetensors", "weights.txt", "legacy_size_lie.pt", "a_list.pt", "strings.ckpt", "folder.ckpt",
+          "absent.ckpt"]
 
 
 @pytest.mark.parametrize("name", BROKEN)
