@@ -212,3 +212,12 @@ def test_exports_are_readable_and_replace_a_stale_manifest(cli, tmp_path, tiny_m
     for folder in (exported, tmp_path / "run"):
         modes = {stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*.safetensors")}
         assert modes == {0o666 & ~mask}, folder
+
+
+def test_overwrite_with_a_bad_model_keeps_the_earlier_run(cli, tmp_path, finished_run, hr):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = _tree(run)
+    code, _, err = cli(*_run_args(tmp_path / "no_model", hr, run), "--overwrite")
+    assert code == 2 and "no_model" in err and _one_error_line(err)
+    assert _tree(run) == before

@@ -111,10 +111,18 @@ def _break(folder: Path, how: str) -> None:
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
     if how == "truncated weights":
         weights.write_bytes(weights.read_bytes()[:1000])
+    elif how == "grown weights":
+        weights.write_bytes(weights.read_bytes() + b" ")
     elif how == "missing component":
         shutil.rmtree(folder / "vae")
-    elif how == "mixed write":  # an older writer replaced unet/ only, with other weights
-        weights.write_bytes(weights.read_bytes() + b" ")
+    elif how == "mixed write":  # an older writer replaced unet/ only, with other weights of the same size
+        from diffusers import UNet2DConditionModel
+
+        size = weights.stat().st_size
+        torch.manual_seed(1)
+        UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")).save_pretrained(
+            folder / "unet")
+        assert weights.stat().st_size == size  # only the content tells the two writes apart
     elif how == "bad manifest":
         (folder / MANIFEST).write_text("{not json")
     elif how == "no manifest, missing weights":
@@ -128,7 +136,7 @@ def _break(folder: Path, how: str) -> None:
         (folder / "model_index.json").write_text("[")
 
 
-FOLDER_DAMAGE = ["truncated weights", "missing component", "mixed write", "bad manifest",
+FOLDER_DAMAGE = ["truncated weights", "grown weights", "missing component", "mixed write", "bad manifest",
                  "no manifest, missing weights", "no manifest, missing component", "bad model_index"]
 
 
@@ -141,7 +149,9 @@ def test_broken_model_folders_are_refused_at_load(model_dir, how):
 
 def test_whole_folders_load_with_and_without_a_manifest(model_dir, tiny_pipeline, tmp_path):
     manifest = json.loads((model_dir / MANIFEST).read_text())
-    assert manifest["files"]["unet/diffusion_pytorch_model.safetensors"] > 0 and len(manifest["files"]) == 10
+    unet_weights = model_dir / "unet" / "diffusion_pytorch_model.safetensors"
+    size, digest = manifest["files"]["unet/diffusion_pytorch_model.safetensors"].split(":")
+    assert int(size) == unet_weights.stat().st_size and len(digest) == 32 and len(manifest["files"]) == 10
     assert torch.equal(load_pipeline(model_dir).unet.conv_in.weight, tiny_pipeline.unet.conv_in.weight)
     tiny_pipeline.save_pretrained(tmp_path / "plain")  # an older version's folder: no manifest
     assert torch.equal(load_pipeline(tmp_path / "plain").unet.conv_in.weight, tiny_pipeline.unet.conv_in.weight)

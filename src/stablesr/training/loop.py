@@ -90,9 +90,6 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=run.cpu or no_accelerator,
                                        gradient_accumulation_steps=run.gradient_accumulation_steps)
         self.output_dir = Path(run.output_dir)
-        if run.overwrite and self.accelerator.is_main_process:
-            clear_previous_run(self.output_dir)
-        self.accelerator.wait_for_everyone()
         torch.manual_seed(run.seed)  # identical fresh initialisations on every process
         self.trainable: nn.Module
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -138,6 +135,8 @@ class Trainer:
         """Run to `max_steps`, then export the pipeline into the output folder; returns that folder."""
         run, accelerator = self.run, self.accelerator
         if accelerator.is_main_process:
+            if run.overwrite:  # only now that the config, the data and the model have all been checked
+                clear_previous_run(self.output_dir)
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config_json(self.config, self.output_dir / "training_config.json")
             print(f"training on {accelerator.num_processes} process(es) ({accelerator.distributed_type.value}), "

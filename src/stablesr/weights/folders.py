@@ -2,14 +2,16 @@
 
 `write_model_folder` builds the folder in a hidden temporary sibling, gives every file the
 permissions of any file the user writes (the umask; safetensors writes 0600), writes a small
-manifest (`stablesr_manifest.json`: every file and its size) last, then swaps the folder in. A
-failure half-way (a full disk) leaves the old folder untouched. `check_model_folder` refuses a
-folder whose manifest does not match its files; a folder without a manifest (older versions,
+manifest last (`stablesr_manifest.json`: every file's size and a hash of its first and last
+64 KiB), then swaps the folder in. A failure half-way (a full disk) leaves the old folder
+untouched. `check_model_folder` refuses a folder whose files no longer match its manifest
+(missing, truncated, or replaced by another write); a folder without a manifest (older versions,
 `save_pretrained`) loads when every component named in model_index.json is present.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -20,6 +22,7 @@ from pathlib import Path
 from stablesr.errors import StableSRError, WeightsNotFoundError
 
 MANIFEST = "stablesr_manifest.json"
+SAMPLE_BYTES = 1 << 16
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 CONFIG_NAMES = ("config.json", "scheduler_config.json", "tokenizer_config.json")
 
@@ -44,8 +47,21 @@ def apply_umask(root: str | Path) -> None:
             path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
-def _file_sizes(folder: Path) -> dict[str, int]:
-    return {path.relative_to(folder).as_posix(): path.stat().st_size
+def _fingerprint(path: Path) -> str:
+    """Size and a SHA-256 of the first and last 64 KiB: cheap on multi-GB weights, and two trainings or
+    conversions of one architecture (same sizes) still differ in it."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as file:
+        digest.update(file.read(SAMPLE_BYTES))
+        if size > SAMPLE_BYTES:
+            file.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
+            digest.update(file.read())
+    return f"{size}:{digest.hexdigest()[:32]}"
+
+
+def _fingerprints(folder: Path) -> dict[str, str]:
+    return {path.relative_to(folder).as_posix(): _fingerprint(path)
             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST}
 
 
@@ -66,7 +82,7 @@ def write_model_folder(folder: str | Path, save: Callable[[Path], None], *, over
     try:
         temporary.mkdir(parents=True)
         save(temporary)
-        manifest = {"format": 1, "files": _file_sizes(temporary)}
+        manifest = {"format": 1, "files": _fingerprints(temporary)}
         (temporary / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         apply_umask(temporary)
         if folder.exists():
@@ -88,16 +104,15 @@ def check_model_folder(folder: str | Path) -> None:
     if manifest_path.is_file():
         try:
             listed = json.loads(manifest_path.read_text())["files"]
-            listed = {str(name): int(size) for name, size in listed.items()}
+            listed = {str(name): str(fingerprint) for name, fingerprint in listed.items()}
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise IncompleteModelError(f"model folder {folder}: unreadable {MANIFEST} ({error})") from error
-        found = _file_sizes(folder)
-        missing = sorted(name for name in listed if name not in found)
-        changed = sorted(name for name in listed if name in found and found[name] != listed[name])
+        missing = sorted(name for name in listed if not (folder / name).is_file())
+        changed = sorted(name for name in listed if name not in missing and _fingerprint(folder / name) != listed[name])
         if missing or changed:
             raise IncompleteModelError(
-                f"model folder {folder} is incomplete or mixed: missing {missing[:5]}, changed size {changed[:5]}; "
-                "write it again (e.g. `stablesr convert ... --overwrite`)")
+                f"model folder {folder} is incomplete or mixed: missing {missing[:5]}, changed {changed[:5]} since "
+                "it was written; write it again (e.g. `stablesr convert ... --overwrite`)")
         return
     try:
         index = json.loads((folder / "model_index.json").read_text())
