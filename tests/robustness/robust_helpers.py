@@ -1,4 +1,9 @@
-"""Bad inputs of the robustness suite, built on the spot (nothing is stored or downloaded)."""
+"""Bad inputs of the robustness suite, built on the spot (nothing is stored or downloaded).
+
+Every case runs a subcommand in-process through the `cli` fixture (tests/conftest.py), which asserts
+that an exit code comes back and no traceback is printed; the cases assert the exit code (2 usage,
+1 runtime failure), the one error line, and that nothing was lost or overwritten.
+"""
 
 from __future__ import annotations
 
