@@ -34,6 +34,8 @@ def sr_files(tmp_path, stablesr_tiny_state, cfw_tiny_state, tiny_config):
     (tmp_path / "not_json.json").write_text("{unet: 1")
     (tmp_path / "a_list.json").write_text("[1, 2]")
     (tmp_path / "bad_keys.json").write_text(json.dumps({**configs["unet"], "no_such_argument": 3}))
+    wider = [2 * width for width in configs["unet"]["block_out_channels"]]
+    (tmp_path / "wider.json").write_text(json.dumps({**configs["unet"], "block_out_channels": wider}))
     (tmp_path / "truncated.ckpt").write_bytes((tmp_path / "stablesr_000117.ckpt").read_bytes()[:5000])
     (tmp_path / "afile").write_text("x")
     return tmp_path
@@ -51,7 +53,8 @@ CASES = {  # name: (replacements, exit code, message)
     "unet config not json": ({"--unet-config": "not_json.json"}, 2, "is not JSON"),
     "vae config a list": ({"--vae-config": "a_list.json"}, 2, "must hold a JSON object"),
     "unet config unknown key": ({"--unet-config": "bad_keys.json"}, 2, "no_such_argument"),
-    "cfw of the wrong shape": ({"cfw": "vqgan_cfw_wrong.ckpt"}, 2, "wrong shape"),
+    "cfw of the wrong shape": ({"cfw": "vqgan_cfw_wrong.ckpt"}, 2, "CFW autoencoder: 2 tensors of the wrong shape"),
+    "unet config of another size": ({"--unet-config": "wider.json"}, 2, "SD UNet:"),
     "truncated checkpoint": ({"ckpt": "truncated.ckpt"}, 2, "truncated.ckpt"),
     "absent checkpoint": ({"ckpt": "absent.ckpt"}, 2, "absent.ckpt"),
 }

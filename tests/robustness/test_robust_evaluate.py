@@ -42,9 +42,12 @@ def test_all_unreadable_is_one_error(cli, tmp_path):
     assert code == 1 and "none of the 5 images could be read" in err
 
 
-@pytest.mark.parametrize("flag", ["--json", "--csv"])
+@pytest.mark.parametrize("flag", ["--json", "--csv", "--plot"])
 def test_a_folder_as_result_file_is_refused_before_any_work(cli, folders, tmp_path, flag, monkeypatch):
     from stablesr.metrics import evaluate
+
+    if flag == "--plot":
+        pytest.importorskip("matplotlib")
 
     monkeypatch.setattr(evaluate, "_evaluate_folder", lambda *a: pytest.fail("metrics ran"))
     (tmp_path / "results").mkdir()

@@ -221,3 +221,19 @@ def test_overwrite_with_a_bad_model_keeps_the_earlier_run(cli, tmp_path, finishe
     code, _, err = cli(*_run_args(tmp_path / "no_model", hr, run), "--overwrite")
     assert code == 2 and "no_model" in err and _one_error_line(err)
     assert _tree(run) == before
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "set `pipeline:` to the stage-1 pipeline folder"),
+    (["--pipeline", "{model}", "--data.folders", "{tmp}/absent"], "no latents/*.safetensors or latents/*.npy"),
+    (["--pipeline", "{tmp}/absent_model", "--data.folders", "{tmp}/triplets"], "absent_model"),
+])
+def test_cfw_bad_setups_are_one_line(cli, tmp_path, tiny_model_dir, extra, message):
+    (tmp_path / "triplets" / "latents").mkdir(parents=True)
+    save_file({"latent": torch.zeros(1, 4, 4, 4)}, str(tmp_path / "triplets" / "latents" / "a.safetensors"))
+    extra = [arg.format(model=tiny_model_dir, tmp=tmp_path) for arg in extra]
+    if not any(arg == "--data.folders" for arg in extra):
+        extra += ["--data.folders", str(tmp_path)]
+    code, _, err = cli("train", "cfw", *extra, "--run.output_dir", tmp_path / "run", "--run.progress", "false")
+    assert code == 2 and message in err and _one_error_line(err), err
+    assert not (tmp_path / "run").exists()
