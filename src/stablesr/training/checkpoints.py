@@ -124,6 +124,15 @@ def run_signature(config_record: dict, num_processes: int | None) -> dict:
             "data.degrade_on": data.get("degrade_on"), "data.queue_size": data.get("queue_size") if on_device else None}
 
 
+def check_resume(folder: Path, config_record: dict, num_processes: int, weights: dict[str, dict[str, torch.Tensor]],
+                 model_weights: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Raise StableSRError naming every difference between checkpoint `folder` (its `weights`) and the run about
+    to continue from it (its config record, process count and `model_weights`)."""
+    problems = resume_problems(folder, run_signature(config_record, num_processes), weights, model_weights)
+    if problems:
+        raise StableSRError(f"cannot resume from {folder}: {'; '.join(problems)}")
+
+
 def resume_problems(folder: Path, current: dict, weights: dict[str, dict[str, torch.Tensor]],
                     model_weights: dict[str, dict[str, torch.Tensor]]) -> list[str]:
     """Differences between checkpoint `folder` and the run about to continue from it: its signature

@@ -14,7 +14,6 @@ weights, the optimizer states and the step for the continued run to be bit-ident
 from __future__ import annotations
 
 import re
-import shutil
 import warnings
 from pathlib import Path
 
@@ -22,13 +21,13 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from stablesr.data.datasets import list_images, read_rgb
 from stablesr.data.records import to_record
 from stablesr.errors import StableSRError
 from stablesr.training import checkpoints as ckpt
 from stablesr.training.config import RunSettings, save_config_json
 from stablesr.training.ema import EMA
 from stablesr.training.logger import TrainingLogger
+from stablesr.training.run_folder import check_run_folder, clear_previous_run, left_out_message
 from stablesr.training.stream import batch_stream, step_generator
 from stablesr.weights.folders import MANIFEST, apply_umask
 
@@ -43,34 +42,7 @@ def check_run_settings(run: RunSettings, batch_size: int) -> None:
         raise StableSRError("max_steps, gradient_accumulation_steps and batch_size must all be >= 1")
     if run.ema_decay and not 0.0 < run.ema_decay < 1.0:
         raise StableSRError(f"run.ema_decay must be 0 (off) or in (0, 1), got {run.ema_decay}")
-    if run.overwrite and run.resume is not None:
-        raise StableSRError("run.resume continues the run in output_dir; run.overwrite (--overwrite) replaces it: "
-                            "choose one")
-    output_dir = Path(run.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise StableSRError(f"run.output_dir {output_dir} is a file, not a folder")
-    if run.resume is None and not run.overwrite and output_dir.is_dir() and any(output_dir.iterdir()):
-        raise StableSRError(f"run.output_dir {output_dir} already holds files (an earlier run?): pass "
-                            "--run.resume latest to continue it, --overwrite to replace it, or another output_dir")
-    for path in list_images(run.validation_images):
-        try:
-            read_rgb(path)
-        except (StableSRError, OSError, ValueError) as error:
-            raise StableSRError(f"run.validation_images: cannot read {path} ({error})") from error
-
-
-RUN_ENTRIES = ("checkpoints", "logs", "validation", "training_config.json")
-
-
-def clear_previous_run(output_dir: Path) -> None:
-    """--overwrite: remove an earlier run's checkpoints, logs, previews and config (its exported pipeline is
-    replaced at the end); nothing else in the folder is touched."""
-    for name in RUN_ENTRIES:
-        path = output_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    check_run_folder(run)
 
 
 class Trainer:
@@ -141,11 +113,8 @@ class Trainer:
             save_config_json(self.config, self.output_dir / "training_config.json")
             print(f"training on {accelerator.num_processes} process(es) ({accelerator.distributed_type.value}), "
                   f"device {accelerator.device}", flush=True)
-            left_out = getattr(self.dataset, "left_out_files", [])
-            if left_out:
-                print(f"left out {len(left_out)} of {len(left_out) + len(self.dataset)} training images (too small "
-                      f"or unreadable): {', '.join(map(str, left_out[:5]))}{' ...' if len(left_out) > 5 else ''}",
-                      flush=True)
+            if (message := left_out_message(self.dataset)) is not None:
+                print(message, flush=True)
         batches = batch_stream(self.dataset, batch_size=self.batch_size, seed=run.seed,
                                rank=accelerator.process_index, world=accelerator.num_processes,
                                start_item=self.step * run.gradient_accumulation_steps * self.batch_size,
@@ -228,16 +197,9 @@ class Trainer:
         if folder is None:
             return
         stems = ["trainable", "discriminator"]
-        weights = {stem: w for stem in stems if (w := ckpt.read_weights(folder, stem)) is not None}
-        if self.ema is not None and (folder / "ema.safetensors").is_file():
-            weights["ema"] = ckpt.read_weights(folder, "ema")
-        model_weights = self.trainable_weights()
-        if self.ema is not None:
-            model_weights["ema"] = self.ema.state_dict()
-        current = ckpt.run_signature(to_record(self.config), self.accelerator.num_processes)
-        problems = ckpt.resume_problems(folder, current, weights, model_weights)
-        if problems:
-            raise StableSRError(f"cannot resume from {folder}: {'; '.join(problems)}")
+        weights = {stem: w for stem in [*stems, "ema"] if (w := ckpt.read_weights(folder, stem)) is not None}
+        model_weights = {**self.trainable_weights(), **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
+        ckpt.check_resume(folder, to_record(self.config), self.accelerator.num_processes, weights, model_weights)
         self.load_trainable_weights({stem: weights[stem] for stem in stems if stem in weights})
         states = ckpt.read_states(folder)
         for name, optimizer in self.optimizers.items():
