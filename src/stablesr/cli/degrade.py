@@ -13,6 +13,9 @@ rewrites a pair, the file is compacted at the end to the newest record per name.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import threading
 from pathlib import Path
 
 PRESET_NAMES = ("realesrgan", "stablesr", "ccsr", "bsrgan", "bicubic")
@@ -90,6 +93,22 @@ def read_records(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+@contextlib.contextmanager
+def interrupt_deferred():
+    """Hold SIGINT (Ctrl-C) until the block has finished, then raise KeyboardInterrupt as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def _end_torn_line(path: Path) -> None:
@@ -179,12 +198,13 @@ def _write_pairs(files: list[Path], names: list[list[str]], args, settings) -> t
                 for copy_index, name in enumerate(pair_names):
                     batch, params, corner = _degrade_one(image, args, settings, (image_index, copy_index))
                     replaced |= args.overwrite and (args.output / "hr" / f"{name}.png").exists()
-                    _save(batch.gt[0], args.output / "hr" / f"{name}.png", args.overwrite)
-                    _save(batch.lr[0], args.output / "lr" / f"{name}.png", args.overwrite)
                     record = {"name": name, "source": str(path), "crop_top_left": list(corner),
                               "crop_size": args.crop, "params": params_to_record(params)}
-                    records.write(json.dumps(record) + "\n")
-                    records.flush()
+                    with interrupt_deferred():  # Ctrl-C never separates a pair from its record
+                        _save(batch.gt[0], args.output / "hr" / f"{name}.png", args.overwrite)
+                        _save(batch.lr[0], args.output / "lr" / f"{name}.png", args.overwrite)
+                        records.write(json.dumps(record) + "\n")
+                        records.flush()
                     written += 1
             except OutputExistsError:
                 skipped += 1
