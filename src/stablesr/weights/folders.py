@@ -68,7 +68,7 @@ def _fingerprints(folder: Path) -> dict[str, str]:
 def write_model_folder(folder: str | Path, save: Callable[[Path], None], *, overwrite: bool = False) -> Path:
     """Call `save(temporary_folder)`, then make the result `folder` in one swap (see the module docstring).
     An existing `folder` is refused unless `overwrite`."""
-    folder = Path(folder)
+    folder = Path(folder).absolute()  # `-o .` has no name to build the temporary sibling from
     if folder.exists() and not folder.is_dir():
         raise StableSRError(f"{folder} is a file, not a folder")
     if folder.is_dir() and any(folder.iterdir()):
