@@ -53,8 +53,8 @@ CASES = {  # name: (replacements, exit code, message)
     "unet config not json": ({"--unet-config": "not_json.json"}, 2, "is not JSON"),
     "vae config a list": ({"--vae-config": "a_list.json"}, 2, "must hold a JSON object"),
     "unet config unknown key": ({"--unet-config": "bad_keys.json"}, 2, "no_such_argument"),
-    "cfw of the wrong shape": ({"cfw": "vqgan_cfw_wrong.ckpt"}, 2, "CFW autoencoder: 2 tensors of the wrong shape"),
-    "unet config of another size": ({"--unet-config": "wider.json"}, 2, "SD UNet:"),
+    "cfw of the wrong shape": ({"cfw": "vqgan_cfw_wrong.ckpt"}, 2, "CFW autoencoder: 70 tensors of the wrong shape"),
+    "unet config of another size": ({"--unet-config": "wider.json"}, 2, "the diffusers UNet: 685 mis-shaped"),
     "truncated checkpoint": ({"ckpt": "truncated.ckpt"}, 2, "truncated.ckpt"),
     "absent checkpoint": ({"ckpt": "absent.ckpt"}, 2, "absent.ckpt"),
 }
