@@ -141,3 +141,25 @@ def write_hr_images(folder, count: int = 4, size: int = 72, seed: int = 0):
 @pytest.fixture(scope="session")
 def hr_folder(tmp_path_factory):
     return write_hr_images(tmp_path_factory.mktemp("hr"))
+
+
+@pytest.fixture
+def cli(capsys):
+    """cli(*argv) -> (exit code, stdout, stderr) of `stablesr ARGV` run in-process, asserting that no exception
+    escaped and no traceback was printed (the robustness suite's runner)."""
+    import sys
+
+    from stablesr.cli.main import main
+
+    def run(*argv) -> tuple[int, str, str]:
+        try:
+            code = main([str(arg) for arg in argv])
+        except SystemExit as exit_:  # argparse usage errors and explicit SystemExit("error: ...")
+            code = exit_.code if isinstance(exit_.code, int) else 1
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err and "Traceback" not in out, err
+        return code, out, err
+
+    return run

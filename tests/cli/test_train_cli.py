@@ -83,7 +83,8 @@ def test_two_process_cpu_ddp_run_trains_checkpoints_and_exports(workspace, tmp_p
     import sys
 
     output = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    port = str(_free_port())
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
                "-m", "stablesr", "train", "stablesr", "--config", str(workspace / "train.yaml"),
                "--run.max_steps", "2", "--run.checkpoint_every", "1", "--run.output_dir", str(output)]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -92,3 +93,12 @@ def test_two_process_cpu_ddp_run_trains_checkpoints_and_exports(workspace, tmp_p
     assert "training on 2 process(es) (MULTI_CPU)" in result.stdout
     assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
     assert (output / "model_index.json").is_file()
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on now (a fixed one collides with other test runs on the machine)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

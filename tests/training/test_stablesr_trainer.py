@@ -110,7 +110,7 @@ def test_validation_previews_are_written(hr_folder, tmp_path):
 
     lr_image = tmp_path / "small.png"
     PIL.Image.open(next(hr_folder.iterdir())).resize((12, 8)).save(lr_image)
-    config = tiny_config(hr_folder, tmp_path, max_steps=1, validation_images=[str(lr_image)], validate_every=1,
+    config = tiny_config(hr_folder, tmp_path / "run", max_steps=1, validation_images=[str(lr_image)], validate_every=1,
                          validation_steps=2)
     folder = train_stablesr(config, pipeline=make_tiny_pipeline())
     preview = folder / "validation" / "step-00000001" / "small.png"

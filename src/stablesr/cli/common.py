@@ -26,7 +26,11 @@ def resolve_device(name: str):
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda requested but CUDA is not available")
+        print("error: --device cuda requested but CUDA is not available", file=sys.stderr)
+        raise SystemExit(2)
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        print("error: --device mps requested but MPS is not available", file=sys.stderr)
+        raise SystemExit(2)
     return torch.device(name)
 
 

@@ -33,30 +33,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder-config", metavar="JSON", help="time-aware encoder kwargs (custom models)")
 
 
-def run(args: argparse.Namespace) -> int:
+def _read_json_configs(args: argparse.Namespace) -> dict:
+    """{unet_config, vae_config, encoder_config}: the parsed --*-config files (None when not given)."""
     import json
+    from pathlib import Path
+
+    from stablesr.errors import StableSRError
+
+    configs = {}
+    for name, path in (("unet_config", args.unet_config), ("vae_config", args.vae_config),
+                       ("encoder_config", args.encoder_config)):
+        flag = "--" + name.replace("_", "-")
+        try:
+            configs[name] = json.loads(Path(path).read_text()) if path else None
+        except OSError as error:
+            raise StableSRError(f"{flag} {path}: {error.strerror or error}") from error
+        except ValueError as error:
+            raise StableSRError(f"{flag} {path} is not JSON ({error})") from error
+        if path and not isinstance(configs[name], dict):
+            raise StableSRError(f"{flag} {path} must hold a JSON object of settings")
+    return configs
+
+
+def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import torch
 
     from stablesr.errors import StableSRError
+    from stablesr.weights.folders import write_model_folder
     from stablesr.weights.loading import build_pipeline
 
     output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        return fail(f"-o {output} is a file, not a folder")
     if (output / "model_index.json").exists() and not args.overwrite:
         return fail(f"{output} already holds a model; pass --overwrite to replace it")
+    if output.is_dir() and any(output.iterdir()) and not (output / "model_index.json").exists():
+        return fail(f"-o {output} holds files but no model; choose an empty or new folder")
     try:
-        configs = {name: json.loads(Path(path).read_text()) if path else None for name, path in
-                   (("unet_config", args.unet_config), ("vae_config", args.vae_config),
-                    ("encoder_config", args.encoder_config))}
+        configs = _read_json_configs(args)
         pipe = build_pipeline(args.checkpoints, base=args.base, trust_pickle=args.trust_pickle,
                               keep_text_encoder=args.keep_text_encoder, text_encoder_folder=args.text_encoder,
                               **configs)
     except StableSRError as error:
         return fail(str(error))
+    except (TypeError, ValueError) as error:  # a config whose settings the model classes refuse
+        return fail(f"the model configs do not fit the checkpoints: {error}")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     pipe.to(dtype=dtype)
-    pipe.save_pretrained(output, safe_serialization=True)
+    try:
+        write_model_folder(output, lambda folder: pipe.save_pretrained(folder, safe_serialization=True),
+                           overwrite=args.overwrite)
+    except OSError as error:  # a full disk: the previous folder (if any) is left as it was
+        return fail(f"cannot write {output}: {error.strerror or error} (nothing was changed there)", code=1)
+    except StableSRError as error:
+        return fail(str(error))
     cached = ", ".join(repr(t) for t in pipe.prompt_embeds.config.prompts.values())
     print(f"wrote {output} (prediction type {pipe.prediction_type}, CFW {'yes' if pipe.config.cfw_trained else 'no'}, "
           f"cached prompts: {cached})")

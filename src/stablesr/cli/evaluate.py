@@ -42,7 +42,8 @@ def format_table(evaluation) -> str:
     """A plain-text table: one line per metric with mean (and G-STD), then L-STD."""
     with_runs = evaluation.runs > 1
     header = f"{'metric':<10} {'mean':>10}" + (f" {'G-STD':>10}" if with_runs else "")
-    lines = [f"{len(evaluation.rows) // evaluation.runs} images, {evaluation.runs} run(s)", header]
+    skipped = f", {len(evaluation.skipped)} unreadable image(s) left out" if evaluation.skipped else ""
+    lines = [f"{len(evaluation.rows) // evaluation.runs} images, {evaluation.runs} run(s){skipped}", header]
     for metric in evaluation.metrics:
         line = f"{metric:<10} {evaluation.mean[metric]:>10.4f}"
         g_std = f"{evaluation.g_std[metric]:>10.4f}" if metric in evaluation.g_std else f"{'-':>10}"
@@ -58,7 +59,7 @@ def write_json(evaluation, path: Path) -> None:
     from stablesr.imaging import write_file_atomic
 
     summary = {"runs": evaluation.runs, "mean": evaluation.mean, "g_std": evaluation.g_std, "l_std": evaluation.l_std,
-               "set_values": evaluation.set_values}
+               "set_values": evaluation.set_values, "skipped": evaluation.skipped}
     text = json.dumps({"summary": summary, "rows": evaluation.rows}, indent=2, allow_nan=True) + "\n"
     write_file_atomic(path, lambda file: file.write(text.encode()), overwrite=True)
 
@@ -116,8 +117,13 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
         print("error: --plot needs matplotlib (pip install 'stablesr[plot]')", file=sys.stderr)
         return 2
+    outputs = {"--json": args.json, "--csv": args.csv, "--plot": args.plot}
+    for flag, output in outputs.items():
+        if output is not None and output.is_dir():
+            print(f"error: {flag} {output} is a folder; give a file name", file=sys.stderr)
+            return 2
     try:
-        for output in (args.json, args.csv, args.plot):
+        for output in outputs.values():
             if output is not None:
                 check_output_path(output, overwrite=args.overwrite)
         evaluation = evaluate_folder(args.pred, gt_dir=args.gt, metrics=metrics, runs=args.runs,
@@ -127,10 +133,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(format_table(evaluation))
-    if args.json is not None:
-        write_json(evaluation, args.json)
-    if args.csv is not None:
-        write_csv(evaluation, args.csv)
-    if args.plot is not None:
-        draw_plot(evaluation, args.plot)
+    writers = ((args.json, write_json), (args.csv, write_csv), (args.plot, draw_plot))
+    for path, write in writers:
+        try:
+            if path is not None:
+                write(evaluation, path)
+        except (OSError, StableSRError) as error:  # a full disk after all the work: the table above still stands
+            print(f"error: cannot write {path}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
+            return 1
     return 0

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         sub.add_argument("--export", metavar="FOLDER",
                          help="also write the trained pipeline here (the run's output folder always gets one)")
         sub.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+        sub.add_argument("--overwrite", action="store_true",
+                         help="start afresh in an output_dir that holds an earlier run (its checkpoints, logs and "
+                              "previews are removed); without it such a folder is refused unless resuming")
         options = sub.add_argument_group("config options (override the YAML; values parsed as YAML)")
         for name, type_text in option_names(STAGES[stage]):
             options.add_argument(f"--{name}", dest=f"option:{name}", default=argparse.SUPPRESS, metavar="VALUE",
@@ -41,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from stablesr.training.config import load_config
 
     overrides = {key.split(":", 1)[1]: value for key, value in vars(args).items() if key.startswith("option:")}
+    if args.overwrite:
+        overrides["run.overwrite"] = True
     try:
         config = load_config(args.stage, args.config, overrides)
     except (ValueError, TypeError, OSError) as error:
@@ -48,10 +53,16 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(to_record(config), indent=2))
         return 0
-    trainer = make_trainer(args.stage, config)
-    folder = trainer.train()
-    if args.export:
-        trainer.export(args.export)
+    try:
+        trainer = make_trainer(args.stage, config)
+    except ValueError as error:  # the data the config names: missing or empty folders, images too small
+        return fail(f"cannot start training: {error}")
+    try:
+        folder = trainer.train()
+        if args.export:
+            trainer.export_readable(args.export)
+    except OSError as error:  # a full disk or a vanished folder mid-run: the finished checkpoints are kept
+        return fail(f"training stopped at step {trainer.step}: {error} (resume with --run.resume latest)", code=1)
     if hasattr(trainer, "close"):
         trainer.close()
     trainer.accelerator.print(f"trained {config.run.max_steps} steps; pipeline folder: {folder}"

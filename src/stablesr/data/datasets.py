@@ -11,6 +11,7 @@ text of the item's degradation record (strings collate into a list).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 
 from stablesr.data.degradations import DegradationSettings, degrade, params_to_record
+from stablesr.errors import StableSRError
 from stablesr.imaging import load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -103,11 +105,16 @@ class HRFolderDataset(torch.utils.data.Dataset):
         min_size = crop_size // 2 + 1 if min_size is None else min_size
         if min_size <= crop_size // 2:
             raise ValueError(f"min_size must exceed crop_size / 2 = {crop_size // 2} so reflect padding works")
+        missing = [str(path) for path in map(Path, paths) if not path.exists()]
+        if missing:
+            raise ValueError(f"image folder(s) not found: {', '.join(missing)}")
         candidates = list_images(paths)
         self.files = [p for p in candidates if _big_enough(p, min_size, min_bytes)]
         if not self.files:
-            raise ValueError(f"no usable images (>= {min_size} px, >= {min_bytes} bytes) in {list(map(str, paths))}")
-        self.left_out = len(candidates) - len(self.files)
+            raise ValueError(f"no usable images (>= {min_size} px, >= {min_bytes} bytes) among the "
+                             f"{len(candidates)} image file(s) in {list(map(str, paths))}")
+        self.left_out_files = sorted(set(candidates) - set(self.files))
+        self.left_out = len(self.left_out_files)
         if repeats < 1 or not 0.0 <= mild_fraction <= 1.0:
             raise ValueError(f"need repeats >= 1 and mild_fraction in [0, 1], got {repeats} and {mild_fraction}")
         self.crop_size, self.crop, self.hflip = crop_size, crop, hflip
@@ -117,11 +124,14 @@ class HRFolderDataset(torch.utils.data.Dataset):
         self._cache = [self._read_uint8(p) for p in self.files] if cache_images else None
 
     @staticmethod
-    def _read_uint8(path: Path) -> torch.Tensor:
-        return (read_rgb(path) * 255.0).round().to(torch.uint8)
+    def _read_uint8(path: Path) -> torch.Tensor | None:
+        try:
+            return (read_rgb(path) * 255.0).round().to(torch.uint8)
+        except (StableSRError, OSError, ValueError):
+            return None  # reported by `read` when the item is drawn
 
     def _image(self, file_index: int) -> torch.Tensor:
-        if self._cache is None:
+        if self._cache is None or self._cache[file_index] is None:
             return read_rgb(self.files[file_index])
         return self._cache[file_index].float() / 255.0
 
@@ -132,13 +142,25 @@ class HRFolderDataset(torch.utils.data.Dataset):
         """Draw new crops and degradations for the next epoch."""
         self.epoch = epoch
 
+    def read(self, index: int) -> tuple[torch.Tensor, Path]:
+        """The image at `index`, or (with a warning) the next readable one when it cannot be decoded (a
+        truncated file whose header looked fine), so one bad file never stops a run."""
+        for offset in range(len(self.files)):
+            file_index = (index + offset) % len(self.files)
+            path = self.files[file_index]
+            try:
+                return self._image(file_index), path
+            except (StableSRError, OSError, ValueError) as error:
+                warnings.warn(f"skipped unreadable training image {path}: {error}", stacklevel=2)
+        raise StableSRError(f"none of the {len(self.files)} training images can be read")
+
     def __getitem__(self, index: int) -> dict:
         generator = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index))
-        file_index = index % len(self.files)
-        gt, _ = crop_or_pad(self._image(file_index), size=self.crop_size, crop=self.crop, generator=generator)
+        image, path = self.read(index % len(self.files))
+        gt, _ = crop_or_pad(image, size=self.crop_size, crop=self.crop, generator=generator)
         if self.hflip and torch.rand((), generator=generator) < 0.5:
             gt = gt.flip(-1)
-        item = {"gt": gt, "path": str(self.files[file_index])}
+        item = {"gt": gt, "path": str(path)}
         if self.degradation is None:
             return item
         settings = self.degradation

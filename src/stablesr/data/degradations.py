@@ -97,12 +97,17 @@ def preset_settings(
 
 def load_overrides(path: str | Path) -> dict:
     """Read a YAML or JSON file of nested overrides, e.g. `{noise1: {sigma_range: [1, 10]}}`."""
-    text = Path(path).read_text()
-    if Path(path).suffix.lower() == ".json":
-        return json.loads(text)
     import yaml
 
-    return yaml.safe_load(text) or {}
+    text = Path(path).read_text()
+    try:
+        data = json.loads(text) if Path(path).suffix.lower() == ".json" else yaml.safe_load(text) or {}
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"{path} is not valid {'JSON' if Path(path).suffix.lower() == '.json' else 'YAML'}: "
+                         f"{' '.join(str(error).split())}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of settings, not a {type(data).__name__}")
+    return data
 
 
 def sample_degradation_params(

@@ -41,7 +41,11 @@ def _convert(hint: Any, value: Any) -> Any:
         return from_record(by_tag[value["op"]], value)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
+            if isinstance(value, (str, int, float)):  # one value for a list option is a list of one
+                value = [value]
             return tuple(_convert(args[0], item) for item in value)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ValueError(f"expected a list of {len(args)} values, got {value!r}")
         return tuple(_convert(arg, item) for arg, item in zip(args, value))
     if origin is Literal or hint is Any:
         return value
@@ -74,6 +78,8 @@ def with_overrides(settings: T, overrides: dict) -> T:
     for name, value in overrides.items():
         current = getattr(settings, name)
         if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{name} is a section of settings: give a mapping, not {value!r}")
             changes[name] = with_overrides(current, value)
         else:
             changes[name] = _convert(hints[name], list(value.items()) if isinstance(value, dict) else value)

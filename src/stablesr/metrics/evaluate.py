@@ -15,6 +15,7 @@ Their mean is over runs; they have no per-image rows and no G-STD.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stablesr.errors import StableSRError
+from stablesr.errors import ImageReadError, StableSRError
 from stablesr.metrics.brisque import brisque
 from stablesr.metrics.fidelity import psnr, ssim
 from stablesr.metrics.niqe import niqe
@@ -235,6 +236,7 @@ class Evaluation:
     mean: metric -> mean over images and runs (set metrics: over runs).
     g_std: per-image metric -> G-STD (only with 2+ runs).  l_std: L-STD over the set (only with 2+ runs).
     set_values: set metric (FID) -> one value per run.
+    skipped: images left out because a prediction or the ground truth could not be read.
     """
 
     metrics: tuple[str, ...]
@@ -244,6 +246,7 @@ class Evaluation:
     g_std: dict[str, float]
     l_std: float | None
     set_values: dict[str, list[float]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # "name: reason" of images left out as unreadable
 
 
 def image_files(folder: Path) -> dict[str, Path]:
@@ -335,11 +338,16 @@ def _evaluate_folder(pred_dir, gt_dir, metrics, runs, crop_border, read, progres
     if set_metrics and len(pairs) < 2:
         raise EvaluationError(
             f"{', '.join(set_metrics)} compare image sets and need at least 2 images, got {len(pairs)}")
-    rows, local_stds = [], []
+    rows, local_stds, skipped = [], [], []
     features = {metric: ([], [[] for _ in run_dirs]) for metric in set_metrics}  # metric -> (gt, per run)
     for name, pred_paths, gt_path in tqdm(pairs, desc="evaluate", unit="image", disable=not progress):
-        gt = None if gt_path is None else read(gt_path)
-        outputs = [read(path) for path in pred_paths]
+        try:
+            gt = None if gt_path is None else read(gt_path)
+            outputs = [read(path) for path in pred_paths]
+        except (ImageReadError, OSError) as error:  # one unreadable file leaves out its image, not the evaluation
+            skipped.append(f"{name}: {error}")
+            tqdm.write(f"skipped {name}: {error}", file=sys.stderr)
+            continue
         for run, sr in enumerate(outputs):
             if gt is not None and sr.shape != gt.shape:
                 raise EvaluationError(f"{pred_paths[run]} is {sr.shape[1]}x{sr.shape[0]} but its ground truth "
@@ -349,8 +357,12 @@ def _evaluate_folder(pred_dir, gt_dir, metrics, runs, crop_border, read, progres
         collect_set_features(features, gt, outputs)
         if len(outputs) > 1:
             local_stds.append(local_std_image(crop_stack(outputs, crop_border, pred_paths)))
+    if len(skipped) == len(pairs):
+        raise EvaluationError(f"none of the {len(pairs)} images could be read (first: {skipped[0]})")
+    if set_metrics and len(pairs) - len(skipped) < 2:
+        raise EvaluationError(f"{', '.join(set_metrics)} need at least 2 readable images, got 1")
     evaluation = summarise(tuple(image_metrics), len(run_dirs), rows, local_stds)
-    return add_set_metrics(evaluation, tuple(metrics), features)
+    return replace(add_set_metrics(evaluation, tuple(metrics), features), skipped=skipped)
 
 
 def collect_set_features(features: dict[str, tuple[list, list[list]]], gt: np.ndarray,

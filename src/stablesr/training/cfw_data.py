@@ -29,6 +29,7 @@ from stablesr.data.datasets import HRFolderDataset, item_seed, read_rgb
 from stablesr.data.degradations import preset_settings
 from stablesr.models.sft_unet import SFTUNet
 from stablesr.training.previews import encode_latent, sample_sr_latent, save_png
+from stablesr.weights.folders import apply_umask
 
 LatentFormat = Literal["safetensors", "npy"]
 
@@ -44,6 +45,7 @@ def save_latent(latent: torch.Tensor, path: Path, *, latent_format: LatentFormat
         np.save(path.with_suffix(".npy"), latent.float().cpu().numpy())
     else:
         save_file({"latent": latent.float().cpu().contiguous()}, str(path.with_suffix(".safetensors")))
+        apply_umask(path.with_suffix(".safetensors"))  # safetensors writes 0600
 
 
 def load_latent(path: Path) -> torch.Tensor:

@@ -64,6 +64,7 @@ class CFWTrainer(Trainer):
             raise StableSRError("set `pipeline:` to the stage-1 pipeline folder whose VAE gets the CFW layers")
         self.batch_size, self.num_workers = config.data.batch_size, config.data.num_workers
         self._pipeline, self._lpips = pipeline, lpips
+        self._triplets = CFWTripletDataset(config.data.folders)  # data errors before the model loads
         super().__init__(config)
 
     def build(self) -> None:
@@ -88,7 +89,7 @@ class CFWTrainer(Trainer):
         self.model, self.discriminator, optimizer_g, optimizer_d = prepared
         self.optimizers = {"fusion": optimizer_g, "discriminator": optimizer_d}
         self.accumulate_modules = [self.model, self.discriminator]
-        self.dataset = CFWTripletDataset(config.data.folders)
+        self.dataset = self._triplets
 
     def _perceptual_loss(self) -> nn.Module | None:
         loss = self.config.loss

@@ -99,6 +99,7 @@ class RunSettings:
     validation_steps: int = 20
     seed: int = 23
     resume: str | None = None
+    overwrite: bool = False  # a fresh run may replace an earlier run's checkpoints, logs and previews here
     cpu: bool = False
     progress: bool = True
 
@@ -273,7 +274,10 @@ def parse_overrides(pairs: dict[str, str]) -> dict:
         target = nested
         for section in sections:
             target = target.setdefault(section, {})
-        target[name] = yaml.safe_load(text) if isinstance(text, str) else text
+        try:
+            target[name] = yaml.safe_load(text) if isinstance(text, str) else text
+        except yaml.YAMLError as error:
+            raise ValueError(f"--{dotted} {text!r} is not a valid YAML value") from error
     return nested
 
 
@@ -290,7 +294,12 @@ def load_config(stage: Literal["stablesr", "cfw", "vae", "prior"], path: str | P
     """The config of `stage` from a YAML file (optional) plus dotted command-line overrides."""
     import yaml
 
-    data = (yaml.safe_load(Path(path).read_text()) or {}) if path is not None else {}
+    try:
+        data = (yaml.safe_load(Path(path).read_text()) or {}) if path is not None else {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of config sections, not a {type(data).__name__}")
     return config_from_dict(STAGES[stage], merge(data, parse_overrides(overrides or {})))
 
 

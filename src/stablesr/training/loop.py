@@ -27,7 +27,9 @@ from stablesr.training import checkpoints as ckpt
 from stablesr.training.config import RunSettings, save_config_json
 from stablesr.training.ema import EMA
 from stablesr.training.logger import TrainingLogger
+from stablesr.training.run_folder import check_run_folder, clear_previous_run, left_out_message
 from stablesr.training.stream import batch_stream, step_generator
+from stablesr.weights.folders import MANIFEST, apply_umask
 
 
 def warmup_factor(warmup_steps: int):
@@ -40,6 +42,7 @@ def check_run_settings(run: RunSettings, batch_size: int) -> None:
         raise StableSRError("max_steps, gradient_accumulation_steps and batch_size must all be >= 1")
     if run.ema_decay and not 0.0 < run.ema_decay < 1.0:
         raise StableSRError(f"run.ema_decay must be 0 (off) or in (0, 1), got {run.ema_decay}")
+    check_run_folder(run)
 
 
 class Trainer:
@@ -104,10 +107,14 @@ class Trainer:
         """Run to `max_steps`, then export the pipeline into the output folder; returns that folder."""
         run, accelerator = self.run, self.accelerator
         if accelerator.is_main_process:
+            if run.overwrite:  # only now that the config, the data and the model have all been checked
+                clear_previous_run(self.output_dir)
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config_json(self.config, self.output_dir / "training_config.json")
             print(f"training on {accelerator.num_processes} process(es) ({accelerator.distributed_type.value}), "
                   f"device {accelerator.device}", flush=True)
+            if (message := left_out_message(self.dataset)) is not None:
+                print(message, flush=True)
         batches = batch_stream(self.dataset, batch_size=self.batch_size, seed=run.seed,
                                rank=accelerator.process_index, world=accelerator.num_processes,
                                start_item=self.step * run.gradient_accumulation_steps * self.batch_size,
@@ -118,7 +125,16 @@ class Trainer:
             self._one_step(batches, logger)
             self._after_step(logger)
         logger.close()
-        return self.export(self.output_dir)
+        return self.export_readable(self.output_dir)
+
+    def export_readable(self, folder: str | Path) -> Path:
+        """`export`, then the umask's permissions on the folder's files (safetensors writes them 0600)."""
+        if self.accelerator.is_main_process:  # a manifest of what was there before would no longer match
+            (Path(folder) / MANIFEST).unlink(missing_ok=True)
+        folder = self.export(Path(folder))
+        if self.accelerator.is_main_process:
+            apply_umask(folder)
+        return folder
 
     def _one_step(self, batches, logger: TrainingLogger) -> None:
         rank = self.accelerator.process_index
@@ -164,7 +180,7 @@ class Trainer:
             if self.ema is not None:
                 weights["ema"] = self.ema.state_dict()
             ckpt.write_main_files(temporary, step=self.step, weights=weights, states=self._states(),
-                                  config_record=to_record(self.config))
+                                  config_record=to_record(self.config), num_processes=accelerator.num_processes)
             ckpt.finalize(temporary)
             ckpt.prune_checkpoints(self.output_dir, self.run.keep_checkpoints)
         accelerator.wait_for_everyone()
@@ -181,7 +197,10 @@ class Trainer:
         if folder is None:
             return
         stems = ["trainable", "discriminator"]
-        self.load_trainable_weights({stem: w for stem in stems if (w := ckpt.read_weights(folder, stem)) is not None})
+        weights = {stem: w for stem in [*stems, "ema"] if (w := ckpt.read_weights(folder, stem)) is not None}
+        model_weights = {**self.trainable_weights(), **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
+        ckpt.check_resume(folder, to_record(self.config), self.accelerator.num_processes, weights, model_weights)
+        self.load_trainable_weights({stem: weights[stem] for stem in stems if stem in weights})
         states = ckpt.read_states(folder)
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(states["optimizers"][name])
@@ -190,7 +209,7 @@ class Trainer:
         if states["scaler"] is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(states["scaler"])
         if self.ema is not None:
-            self.ema.load_state_dict(ckpt.read_weights(folder, "ema"))
+            self.ema.load_state_dict(weights["ema"])
         ckpt.restore_rng(ckpt.read_rng(folder))
         self.load_rank_state(ckpt.read_rank_state(folder, self.accelerator.process_index))
         self.step = ckpt.read_step(folder)

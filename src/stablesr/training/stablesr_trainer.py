@@ -46,6 +46,18 @@ def diffusion_target(z_gt: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.T
     return alpha_bar.sqrt() * noise - (1.0 - alpha_bar).sqrt() * z_gt
 
 
+def scan_hr_folders(config: StableSRTrainConfig) -> HRFolderDataset:
+    """The HR training set of `config` (its files' headers checked: missing folders, no usable image raise)."""
+    data = config.data
+    on_loader = data.degrade_on == "loader"
+    settings = preset_settings(data.degradation, scale=data.scale) if on_loader else None
+    mild = preset_settings("bicubic", scale=data.scale) if on_loader and data.mild_fraction > 0 else None
+    return HRFolderDataset(data.hr_folders, crop_size=data.crop_size, min_size=data.min_size,
+                           min_bytes=data.min_bytes, hflip=data.hflip, seed=config.run.seed, degradation=settings,
+                           repeats=data.repeats, cache_images=data.cache_images, mild_degradation=mild,
+                           mild_fraction=data.mild_fraction)
+
+
 class StableSRTrainer(Trainer):
     """Stage-1 trainer. `pipeline` (optional) replaces `config.model` as the starting point;
     `dataset` (optional) replaces the HR folders (items with "gt" and "lr_up" in [0, 1])."""
@@ -53,8 +65,12 @@ class StableSRTrainer(Trainer):
     def __init__(self, config: StableSRTrainConfig, *, pipeline=None, dataset=None) -> None:
         if not config.data.hr_folders and dataset is None:
             raise StableSRError("data.hr_folders is empty: give at least one folder of HR training images")
+        if config.data.degrade_on == "device" and config.data.queue_size % config.data.batch_size:
+            raise StableSRError(f"data.queue_size {config.data.queue_size} must be a multiple of data.batch_size "
+                                f"{config.data.batch_size}")
         self.batch_size, self.num_workers = config.data.batch_size, config.data.num_workers
         self._pipeline, self._dataset = pipeline, dataset
+        self._hr_dataset = scan_hr_folders(config) if dataset is None else None  # data errors before the model loads
         super().__init__(config)
 
     def build(self) -> None:
@@ -86,14 +102,8 @@ class StableSRTrainer(Trainer):
             return self._dataset, None
         data, seed = self.config.data, self.config.run.seed
         settings = preset_settings(data.degradation, scale=data.scale)
-        on_loader = data.degrade_on == "loader"
-        mild = preset_settings("bicubic", scale=data.scale) if data.mild_fraction > 0 else None
-        dataset = HRFolderDataset(data.hr_folders, crop_size=data.crop_size, min_size=data.min_size,
-                                  min_bytes=data.min_bytes, hflip=data.hflip, seed=seed,
-                                  degradation=settings if on_loader else None, repeats=data.repeats,
-                                  cache_images=data.cache_images, mild_degradation=mild if on_loader else None,
-                                  mild_fraction=data.mild_fraction)
-        if on_loader:
+        dataset = self._hr_dataset
+        if data.degrade_on == "loader":
             return dataset, None
         process_seed = item_seed(seed, self.accelerator.process_index)
         generator = torch.Generator(self.accelerator.device).manual_seed(process_seed)

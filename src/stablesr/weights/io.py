@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from stablesr.errors import StableSRError, WeightsNotFoundError
+from stablesr.weights.folders import apply_umask
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -47,7 +48,10 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
     }
-    for name in ("set", "frozenset", "slice", "complex", "range"):  # no bytearray(n): a memory bomb
+    # Nothing that builds a container from a number: set(range(10**9)) or bytearray(n) in a tiny file
+    # would allocate without bound. Containers come only from pickle opcodes (one per item, so bounded by
+    # the file size) and tensors only from storages in the file (checked in `_unwrap`).
+    for name in ("slice", "complex"):
         allowed["builtins", name] = getattr(builtins, name)
     for name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
                  "_rebuild_parameter_with_state", "_rebuild_device_tensor_from_numpy"):
@@ -104,6 +108,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     _placeholders: dict[tuple[str, str], type] = {}
 
     def find_class(self, module: str, name: str):
+        module = "builtins" if module == "__builtin__" else module  # protocol-2 pickles (torch.save) say __builtin__
         if (module, name) in _ALLOWED:
             return _ALLOWED[module, name]
         key = (module, name)
@@ -186,6 +191,12 @@ def _unwrap(content, *, wrapper_key: str | None, where: str) -> dict[str, Tensor
             f"{where}: entries {_key_list(not_tensors)} are not tensors; if the weights sit under a "
             f"wrapper key, pass wrapper_key= one of {_key_list(content)}"
         )
+    # A stride-0 view of 10**9 elements fits a one-element storage; copying it would allocate 4 GB.
+    oversized = [key for key, value in content.items()
+                 if value.numel() * value.element_size() > value.untyped_storage().nbytes()]
+    if oversized:
+        raise CheckpointReadError(f"{where}: tensors {_key_list(oversized)} have more elements than their stored "
+                                  "data (a corrupt or crafted file)")
     return dict(content)
 
 
@@ -209,6 +220,7 @@ def save_state_dict(state: dict[str, Tensor], path: str | Path) -> Path:
     temp_path = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
     try:
         save_file(tensors, temp_path, metadata={"format": "pt"})
+        apply_umask(temp_path)  # safetensors writes 0600; a weight file is as readable as any other file
         os.replace(temp_path, path)
     except BaseException:
         temp_path.unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from stablesr.models.text_encoder import (
     PromptEmbeddings,
     known_prompt_tokens,
 )
+from stablesr.weights.folders import check_model_folder
 from stablesr.weights.io import load_state_dict
 from stablesr.weights.keymap_unet import convert_ldm_unet, convert_sr_module
 from stablesr.weights.keymap_vae import convert_cfw, convert_ldm_vae
@@ -119,7 +120,13 @@ class Parts:
 
 
 def load_strict(module: torch.nn.Module, state: dict, what: str, *, allow_missing_prefix: str | None = None) -> None:
-    """load_state_dict that names missing/unexpected keys in one clear error (never a silent partial load)."""
+    """load_state_dict that names missing/unexpected keys and wrong shapes in one clear error (never a silent
+    partial load)."""
+    expected = module.state_dict()
+    wrong = [f"{key} {tuple(value.shape)} (model: {tuple(expected[key].shape)})" for key, value in state.items()
+             if key in expected and tuple(value.shape) != tuple(expected[key].shape)]
+    if wrong:
+        raise CheckpointMismatchError(f"{what}: {len(wrong)} tensors of the wrong shape: {', '.join(wrong[:3])}")
     result = module.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not (allow_missing_prefix and k.startswith(allow_missing_prefix))]
     if missing or result.unexpected_keys:
@@ -282,4 +289,5 @@ def load_pipeline(model: str | Path, *, torch_dtype: torch.dtype = torch.float32
     folder = resolve_model(model)
     if not (folder / "model_index.json").is_file():
         raise WeightsNotFoundError(f"model folder {folder} not found (no model_index.json there). " + OBTAIN_HINT)
+    check_model_folder(folder)
     return StableSRPipeline.from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
