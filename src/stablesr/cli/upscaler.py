@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from stablesr.cli.common import resolve_device, resolve_dtype
+from stablesr.configs import UpscaleSettings
 from stablesr.errors import WeightsNotFoundError
 from stablesr.imaging import load_image, resize_alpha, save_image_atomic, tensor_to_image
 
@@ -26,12 +26,10 @@ NO_MODEL_MESSAGE = (
 
 
 class Upscaler:
-    def __init__(self, args: argparse.Namespace) -> None:
-        from stablesr.cli.upscale import settings_from_args
-
+    def __init__(self, args: argparse.Namespace, settings: UpscaleSettings) -> None:
         self.device = resolve_device(args.device)
         self.dtype = resolve_dtype(args.dtype, self.device)
-        self.settings = settings_from_args(args)
+        self.settings = settings
         self.method = args.method
         self.progress = not args.no_progress
         self.realesrgan = None
@@ -77,20 +75,19 @@ class Upscaler:
             return self.realesrgan.upscale(lr.to(self.device), outscale=self.settings.upscale).cpu().clamp(0, 1)
         from stablesr.pipelines.stablesr import NonFiniteOutputError
 
-        options = asdict(self.settings)
         try:
-            return self._sample(lr, seed, options)
+            return self._sample(lr, seed)
         except NonFiniteOutputError as error:
             if self.pipe.unet.dtype == torch.float32:
                 raise
             print(f"warning: {error}; switching to float32 for the rest of this run", file=sys.stderr)
             self.pipe.to(dtype=torch.float32)
-            return self._sample(lr, seed, options)
+            return self._sample(lr, seed)
 
-    def _sample(self, lr, seed, options) -> torch.Tensor:
+    def _sample(self, lr, seed) -> torch.Tensor:
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        return self.pipe(lr, generator=generator, output_type="pt", progress=self.progress, **options).images
+        return self.pipe(lr, self.settings, generator=generator, output_type="pt", progress=self.progress).images
 
 
-def make_upscaler(args: argparse.Namespace) -> Upscaler:
-    return Upscaler(args)
+def make_upscaler(args: argparse.Namespace, settings: UpscaleSettings) -> Upscaler:
+    return Upscaler(args, settings)

@@ -10,8 +10,10 @@ w -> `fidelity`; Gaussian aggregation -> `TiledDenoiser`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -21,7 +23,7 @@ from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
 from stablesr.color_fix import apply_color_fix
-from stablesr.configs import ColorFix, Sampler, Start
+from stablesr.configs import UPSCALE_DEFAULTS_FILE, UpscaleSettings, read_upscale_defaults, resolve_settings
 from stablesr.errors import StableSRError
 from stablesr.imaging import image_to_tensor, postprocess_sr, preprocess_lr
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
@@ -116,46 +118,78 @@ class StableSRPipeline(DiffusionPipeline):
         hidden = self.text_encoder(tokens.to(device))
         return hidden if torch.is_tensor(hidden) else hidden.last_hidden_state
 
+    # ---------------------------------------------------------------- settings
+    upscale_defaults: dict = {}  # this model's `upscale_defaults.json` (set by from_pretrained)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """diffusers' loader, plus the folder's `upscale_defaults.json` as `pipe.upscale_defaults`."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        folder = Path(str(pretrained_model_name_or_path)).expanduser()
+        pipe.upscale_defaults = read_upscale_defaults(folder) if folder.is_dir() else {}
+        return pipe
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """diffusers' writer, plus `upscale_defaults.json` when this model has defaults of its own."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.upscale_defaults:
+            (Path(save_directory) / UPSCALE_DEFAULTS_FILE).write_text(json.dumps(self.upscale_defaults, indent=2))
+
+    def resolve_settings(self, settings: UpscaleSettings | None = None, *, preset: str | None = None,
+                         **options) -> UpscaleSettings:
+        """The settings of a call: `settings` as given (with `options` replaced in it), or the class
+        defaults < this model's `upscale_defaults` < `preset` < `options`. Model-dependent values
+        (fidelity, min_size) are filled in and checked against this model."""
+        if settings is None:
+            settings = resolve_settings(UpscaleSettings, model_defaults=self.upscale_defaults, preset=preset,
+                                        overrides=options)
+        elif options or preset is not None:
+            raise StableSRError("pass either a settings object or keyword options (and preset), not both")
+        if settings.num_inference_steps > self.scheduler.config.num_train_timesteps:
+            settings.fail("num_inference_steps", f"must be <= {self.scheduler.config.num_train_timesteps}, "
+                                                 "the model's training timesteps")
+        if settings.fidelity is not None and settings.fidelity > 0 and not self.config.cfw_trained:
+            raise StableSRError("this model has no trained CFW fusion weights, so fidelity must be 0; "
+                                "convert with --cfw vqgan_cfw_00011.ckpt to enable it")
+        fidelity = settings.fidelity if settings.fidelity is not None else 0.5 if self.config.cfw_trained else 0.0
+        min_size = settings.min_size if settings.min_size is not None else settings.tile_size * self.vae_scale_factor
+        return replace(settings, fidelity=fidelity, min_size=min_size)
+
     # ---------------------------------------------------------------- main entry
     @torch.no_grad()
-    def __call__(self, image: PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor, *, upscale: float = 4.0,
-                 num_inference_steps: int = 200, sampler: Sampler = "ddpm", eta: float = 0.0,
-                 fidelity: float | None = None, color_fix: ColorFix = "wavelet", tile_size: int = 64,
-                 tile_overlap: int = 32, tile_batch_size: int = 4, vae_tile_size: int = 1024,
-                 min_size: int | None = None, start: Start = "lr", guidance_scale: float = 1.0, prompt: str = "",
-                 negative_prompt: str | None = None, faithful: bool = False,
+    def __call__(self, image: PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor,
+                 settings: UpscaleSettings | None = None, *, preset: str | None = None,
                  generator: torch.Generator | None = None, noise_sampler: NoiseSampler | None = None,
                  output_type: str = "pil", progress: bool = True,
-                 callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> StableSROutput:
+                 callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+                 **options) -> StableSROutput:
         """Super-resolve `image`.
 
         image: PIL image(s), or a (B, 3, H, W) tensor in [0, 1]. Returns images of size
-        (round-down H * upscale, W * upscale). `noise_sampler(like) -> noise` (advanced) supplies
-        every random draw in order: the posterior sample, x_T, then one per step.
-        See `stablesr.configs.UpscaleSettings` for what every option means.
+        (round-down H * upscale, W * upscale). `settings` (an `UpscaleSettings`) or keyword
+        `options` (its field names, e.g. `num_inference_steps=4`) choose the method's knobs; see
+        `resolve_settings` for how they merge with the model's defaults. `noise_sampler(like) ->
+        noise` (advanced) supplies every random draw in order: the posterior sample, x_T, then one
+        per step.
         """
-        # 1. Check inputs
-        fidelity = self._check_inputs(upscale, num_inference_steps, sampler, eta, fidelity, tile_size, tile_overlap,
-                                      guidance_scale, output_type)
+        # 1. Check inputs and settle the settings (once)
+        settings = self.resolve_settings(settings, preset=preset, **options)
+        if output_type not in ("pil", "pt", "np"):
+            raise StableSRError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
         lr_images = self._to_tensor_batch(image)
         noise_sampler = noise_sampler or default_noise_sampler(generator)
-        min_size = min_size if min_size is not None else tile_size * self.vae_scale_factor
 
         # 2. Encode prompts (cond = prompt; uncond = negative prompt, only with guidance)
-        cond_embeds = self.encode_prompt(prompt).to(self.device, self.unet.dtype)
+        cond_embeds = self.encode_prompt(settings.prompt).to(self.device, self.unet.dtype)
         uncond_embeds = None
-        if guidance_scale != 1.0:
-            negative = OFFICIAL_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+        if settings.guidance_scale != 1.0:
+            negative = OFFICIAL_NEGATIVE_PROMPT if settings.negative_prompt is None else settings.negative_prompt
             uncond_embeds = self.encode_prompt(negative).to(self.device, self.unet.dtype)
 
         sft_unet = SFTUNet(self.unet, self.sr_module)
         try:
-            outputs = [self._upscale_one(lr, sft_unet, cond_embeds, uncond_embeds, upscale=upscale,
-                                         min_size=min_size, steps=num_inference_steps, sampler=sampler, eta=eta,
-                                         fidelity=fidelity, color_fix=color_fix, tile_size=tile_size,
-                                         tile_overlap=tile_overlap, tile_batch_size=tile_batch_size,
-                                         vae_tile_size=vae_tile_size, start=start, guidance_scale=guidance_scale,
-                                         faithful=faithful, noise_sampler=noise_sampler, progress=progress,
+            tile_fn = make_guided_tile_fn(sft_unet, cond_embeds, uncond_embeds, settings.guidance_scale)
+            outputs = [self._upscale_one(lr, settings, tile_fn, noise_sampler=noise_sampler, progress=progress,
                                          callback=callback)
                        for lr in lr_images]
         finally:
@@ -165,18 +199,19 @@ class StableSRPipeline(DiffusionPipeline):
         # 8. Convert the output
         return StableSROutput(images=self._convert_output(outputs, output_type))
 
-    def _upscale_one(self, lr: torch.Tensor, sft_unet: SFTUNet, cond_embeds, uncond_embeds, *, upscale, min_size,
-                     steps, sampler, eta, fidelity, color_fix, tile_size, tile_overlap, tile_batch_size,
-                     vae_tile_size, start, guidance_scale, faithful, noise_sampler, progress, callback) -> torch.Tensor:
+    def _upscale_one(self, lr: torch.Tensor, settings: UpscaleSettings, tile_fn, *, noise_sampler: NoiseSampler,
+                     progress: bool, callback) -> torch.Tensor:
+        """Steps 3-7 for one (1, 3, H, W) image in [-1, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU."""
         device, vae_dtype = self.device, self.vae.dtype
         scaling = self.vae.config.scaling_factor
 
         # 3. Preprocess: [-1, 1], bicubic upscale (short side >= min_size), pad to a multiple of 8
-        pre = preprocess_lr(lr, upscale=upscale, min_size=min_size, multiple=self.vae_scale_factor)
+        pre = preprocess_lr(lr, upscale=settings.upscale, min_size=settings.min_size, multiple=self.vae_scale_factor)
         lr_up = pre.image.to(device, vae_dtype)  # (1, 3, H, W)
 
         # 4. Encode the LR image: z_lr = scaling * sample(q(z | lr_up)), tiled for bounded memory
-        posterior = encode_tiled(self.vae, lr_up, tile_size=vae_tile_size, tile_overlap=vae_tile_size // 8)
+        encode_tile, encode_overlap = settings.vae_encode_tiles
+        posterior = encode_tiled(self.vae, lr_up, tile_size=encode_tile, tile_overlap=encode_overlap)
         lr_latent = (posterior.mean + posterior.std * noise_sampler(posterior.mean)) * scaling
         lr_latent = lr_latent.to(self.unet.dtype)  # (1, 4, H/8, W/8)
 
@@ -184,15 +219,15 @@ class StableSRPipeline(DiffusionPipeline):
         betas = betas_scaled_linear(self.scheduler.config.num_train_timesteps, self.scheduler.config.beta_start,
                                     self.scheduler.config.beta_end)
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        if start == "lr":  # q(x_999 | z_lr) with the un-respaced table, as the official tile script
+        if settings.start == "lr":  # q(x_999 | z_lr) with the un-respaced table, as the official tile script
             x_t = q_sample(lr_latent, alphas_cumprod[-1].item(), noise_sampler(lr_latent))
         else:
             x_t = noise_sampler(lr_latent)
 
         # 6. Denoise with aggregation sampling over latent tiles
-        tile_fn = make_guided_tile_fn(sft_unet, cond_embeds, uncond_embeds, guidance_scale)
-        denoiser = TiledDenoiser(tile_fn, lr_latent, tile_size=tile_size, tile_overlap=tile_overlap,
-                                 batch_size=tile_batch_size, faithful_weights=faithful)
+        denoiser = TiledDenoiser(tile_fn, lr_latent, tile_size=settings.tile_size, tile_overlap=settings.tile_overlap,
+                                 batch_size=settings.tile_batch_size, faithful_weights=settings.faithful)
+        steps = settings.num_inference_steps
         bar_config = {**getattr(self, "_progress_bar_config", {}), "desc": "sampling", "leave": False}
         bar_config["disable"] = bar_config.get("disable", False) or not progress
         with tqdm(total=steps, **bar_config) as bar:
@@ -201,12 +236,13 @@ class StableSRPipeline(DiffusionPipeline):
                 if callback is not None:
                     callback(i, t, x, x0_pred)
 
-            if sampler == "ddpm":
-                schedule = respaced_schedule(betas, steps, faithful=faithful)
+            if settings.sampler == "ddpm":
+                schedule = respaced_schedule(betas, steps, faithful=settings.faithful)
                 samples = sample_ddpm(denoiser, x_t, schedule, prediction_type=self.prediction_type,
                                       noise_sampler=noise_sampler, callback=on_step)
             else:
-                schedule = ddim_schedule(alphas_cumprod, steps, eta=eta, grid="official" if faithful else "consistent")
+                schedule = ddim_schedule(alphas_cumprod, steps, eta=settings.eta,
+                                         grid="official" if settings.faithful else "consistent")
                 samples = sample_ddim(denoiser, x_t, schedule, prediction_type=self.prediction_type,
                                       noise_sampler=noise_sampler, callback=on_step)
         if not torch.isfinite(samples).all():
@@ -214,41 +250,16 @@ class StableSRPipeline(DiffusionPipeline):
 
         # 7. Decode with CFW (encoder features of lr_up per tile), colour-fix, undo the padding
         z = samples.to(vae_dtype) / scaling
-        decoded = decode_tiled(self.vae, z, tile_size=max(vae_tile_size // self.vae_scale_factor, 8),
-                               tile_overlap=max(vae_tile_size // self.vae_scale_factor // 4, 2),
-                               cond_image=lr_up if fidelity > 0 else None, fidelity=fidelity)
-        decoded = apply_color_fix(decoded.float(), lr_up.float(), method=color_fix)
+        decode_tile, decode_overlap = settings.vae_decode_tiles(self.vae_scale_factor)
+        decoded = decode_tiled(self.vae, z, tile_size=decode_tile, tile_overlap=decode_overlap,
+                               cond_image=lr_up if settings.fidelity > 0 else None, fidelity=settings.fidelity)
+        decoded = apply_color_fix(decoded.float(), lr_up.float(), method=settings.color_fix)
         if not torch.isfinite(decoded).all():
             raise NonFiniteOutputError(f"the decoded image has NaN/Inf values in {vae_dtype}; retry in float32")
         sr = postprocess_sr(decoded, pre)  # (1, 3, H_out, W_out) in [-1, 1]
         return ((sr + 1) / 2).clamp(0, 1).cpu()
 
     # ---------------------------------------------------------------- helpers
-    def _check_inputs(self, upscale, steps, sampler, eta, fidelity, tile_size, tile_overlap, guidance_scale,
-                      output_type) -> float:
-        if upscale <= 0:
-            raise StableSRError(f"upscale must be > 0, got {upscale}")
-        if sampler not in ("ddpm", "ddim"):
-            raise StableSRError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
-        if not 1 <= steps <= self.scheduler.config.num_train_timesteps:
-            raise StableSRError(f"num_inference_steps must be in 1..{self.scheduler.config.num_train_timesteps}")
-        if eta < 0:
-            raise StableSRError(f"eta must be >= 0, got {eta}")
-        if not 0 <= tile_overlap < tile_size:
-            raise StableSRError(f"need 0 <= tile_overlap < tile_size, got {tile_overlap} and {tile_size}")
-        if guidance_scale < 0:
-            raise StableSRError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        if output_type not in ("pil", "pt", "np"):
-            raise StableSRError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
-        if fidelity is None:
-            return 0.5 if self.config.cfw_trained else 0.0
-        if not 0.0 <= fidelity <= 1.0:
-            raise StableSRError(f"fidelity must be in [0, 1], got {fidelity}")
-        if fidelity > 0 and not self.config.cfw_trained:
-            raise StableSRError("this model has no trained CFW fusion weights, so fidelity must be 0; "
-                                "convert with --cfw vqgan_cfw_00011.ckpt to enable it")
-        return fidelity
-
     @staticmethod
     def _to_tensor_batch(image) -> list[torch.Tensor]:
         """PIL image(s) or a (B, 3, H, W) tensor in [0, 1] -> list of (1, 3, H, W) tensors in [-1, 1]."""
