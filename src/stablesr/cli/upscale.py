@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from stablesr.cli.common import resolve_device, resolve_dtype
     from stablesr.cli.files import RunPlan, plan_outputs, process_files
-    from stablesr.cli.upscaler import make_upscaler
 
     if args.runs < 1:
         return fail("--runs must be >= 1")
@@ -81,8 +81,17 @@ def _run(args: argparse.Namespace) -> int:
         plan.extend(run_plan)
         plan.skipped.extend(run_plan.skipped)
         seeds.update({pair: args.seed + run_index for pair in run_plan})
-    upscaler = make_upscaler(args, settings) if plan else None
-    report = process_files(plan, lambda src, dst: upscaler(src, dst, seed=seeds[(src, dst)]),
+    upscaler = None
+    if plan:
+        from stablesr.upscaler import Upscaler
+
+        device = resolve_device(args.device)
+        upscaler = Upscaler.load(model=args.model, weights=args.weights, base=args.base, trust_pickle=args.trust_pickle,
+                                 method=args.method, preclean=args.preclean == "realesrgan",
+                                 realesrgan_weights=args.realesrgan_weights, device=device,
+                                 dtype=resolve_dtype(args.dtype, device), vae_fp32=args.vae_dtype == "fp32",
+                                 settings=settings, progress=not args.no_progress)
+    report = process_files(plan, lambda src, dst: upscaler.upscale_file(src, dst, seed=seeds[(src, dst)]),
                            progress=not args.no_progress)
     print(report.summary())
     return report.exit_code
