@@ -58,7 +58,7 @@ def test_tiled_equals_untiled_when_half_the_padding_covers_the_receptive_field()
     tiled = RealESRGANUpscaler(model, tile_size=16, tile_pad=2 * radius).upscale(image)  # cross-fade uses pad/2
     assert whole.shape == (1, 3, 148, 180)
     assert ((whole > 0) & (whole < 1)).float().mean().item() > 0.99 and whole.std().item() > 0.05
-    assert (tiled - whole).abs().max().item() < 1e-5
+    assert (tiled - whole).abs().max().item() < 1e-4
     # Without context the tile borders show: the check above is not vacuous.
     seamed = RealESRGANUpscaler(model, tile_size=16, tile_pad=0).upscale(image)
     assert (seamed - whole).abs().max().item() > 1e-3
@@ -68,11 +68,11 @@ def test_nearest_model_upscales_exactly_and_outscale_resizes():
     image = random_image(9, 11, seed=1)
     upscaler = RealESRGANUpscaler(nearest_x4_model(), tile_size=4, tile_pad=2)
     expected = F.interpolate(image, scale_factor=4, mode="nearest")
-    assert (upscaler.upscale(image) - expected).abs().max().item() < 1e-6  # cross-faded tiles, exact up to rounding
+    assert (upscaler.upscale(image) - expected).abs().max().item() < 1e-5  # cross-faded tiles, exact up to rounding
     half = upscaler.upscale(image, outscale=2.0)
     assert half.shape == (1, 3, 18, 22)
     flat = torch.full((1, 3, 9, 11), 0.375)
-    assert (upscaler.upscale(flat, outscale=2.5) - 0.375).abs().max().item() < 1e-6
+    assert (upscaler.upscale(flat, outscale=2.5) - 0.375).abs().max().item() < 1e-5
     assert upscaler.upscale(flat, outscale=2.5).shape == (1, 3, 22, 28)  # round(22.5) = 22, round(27.5) = 28
 
 
@@ -89,9 +89,9 @@ def test_preclean_returns_input_size_and_is_the_bicubic_downscale_of_the_restora
     cleaned = upscaler.preclean(image)
     assert cleaned.shape == image.shape
     expected = F.interpolate(upscaler.upscale(image), size=(13, 10), mode="bicubic", antialias=True).clamp(0, 1)
-    assert (cleaned - expected).abs().max().item() < 1e-6
+    assert (cleaned - expected).abs().max().item() < 1e-5
     flat = torch.full((1, 3, 8, 8), 0.5)
-    assert (RealESRGANUpscaler(nearest_x4_model()).preclean(flat) - 0.5).abs().max().item() < 1e-6
+    assert (RealESRGANUpscaler(nearest_x4_model()).preclean(flat) - 0.5).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize("bad", [torch.rand(3, 8, 8), torch.rand(1, 4, 8, 8), torch.rand(1, 1, 8, 8)])

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import FLOAT32_REL
 from stablesr.sampling.samplers import (
     ddpm_step,
     default_noise_sampler,
@@ -151,7 +152,7 @@ def test_ddpm_step_matches_diffusers(prediction_type):
     expected = scheduler.step(model_out, 999, x_t, generator=torch.Generator().manual_seed(5)).prev_sample
     noise = default_noise_sampler(torch.Generator().manual_seed(5))(x_t)
     x_prev, _ = ddpm_step(model_out, x_t, schedule, 3, noise, prediction_type=prediction_type)
-    assert (x_prev - expected).abs().max().item() <= 1e-6 * max(1.0, expected.abs().max().item())
+    assert (x_prev - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
 
 
 def test_sample_ddpm_chain_matches_diffusers_loop():
@@ -163,4 +164,4 @@ def test_sample_ddpm_chain_matches_diffusers_loop():
         x = scheduler.step(_toy_denoiser(x, int(t)), t, x, generator=generator).prev_sample
     ours = sample_ddpm(_toy_denoiser, _latent(15), respaced_schedule(betas_scaled_linear(), 20),
                        generator=torch.Generator().manual_seed(21))
-    assert (ours - x).abs().max().item() <= 1e-5 * max(1.0, x.abs().max().item())
+    assert (ours - x).abs().max().item() <= FLOAT32_REL * max(1.0, x.abs().max().item())
