@@ -37,7 +37,7 @@ def eigen_frechet(mu_1, sigma_1, mu_2, sigma_2) -> float:
 
 def test_distance_of_a_set_to_itself_is_zero():
     features = np.random.default_rng(0).normal(size=(40, 6))
-    assert abs(fid_from_features(features, features)) < 1e-10
+    assert abs(fid_from_features(features, features)) < 1e-8  # up to sqrtm rounding (CPU-dependent)
     mu, sigma = feature_statistics(features)
     np.testing.assert_allclose(sigma, np.cov(features.T, ddof=1), rtol=1e-12, atol=1e-14)  # unbiased, in columns
     assert mu.dtype == sigma.dtype == np.float64
