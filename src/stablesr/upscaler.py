@@ -22,14 +22,8 @@ import torch
 
 from stablesr.configs import UpscaleSettings, read_upscale_defaults, resolve_settings
 from stablesr.errors import WeightsNotFoundError
-from stablesr.imaging import (
-    LoadedImage,
-    image_to_tensor,
-    load_image,
-    resize_alpha,
-    save_image_atomic,
-    tensor_to_image,
-)
+from stablesr.image_processor import pil_to_tensor, tensor_to_pil
+from stablesr.imaging import load_image, resize_alpha, save_image_atomic
 
 Method = Literal["stablesr", "realesrgan"]
 
@@ -97,9 +91,9 @@ class Upscaler:
     def upscale_file(self, src: str | Path, dst: str | Path, *, seed: int = 0, overwrite: bool = True) -> Path:
         """Read `src`, super-resolve, write `dst` atomically with its alpha, ICC profile and bit depth."""
         loaded = load_image(src)
-        sr = self.upscale_tensor(_unit_tensor(loaded), seed=seed)
+        sr = self.upscale_tensor(loaded.to_unit_tensor(), seed=seed)  # full (16-bit) precision kept
         alpha = resize_alpha(loaded.alpha, (sr.shape[-1], sr.shape[-2])) if loaded.alpha is not None else None
-        image = tensor_to_image(sr * 2 - 1, bit_depth=loaded.bit_depth)
+        image = tensor_to_pil(sr, bit_depth=loaded.bit_depth)
         return save_image_atomic(image, dst, overwrite=overwrite, alpha=alpha, icc_profile=loaded.icc_profile,
                                  bit_depth=loaded.bit_depth)
 
@@ -107,9 +101,8 @@ class Upscaler:
         """PIL in, PIL out: RGB stays RGB, an alpha channel is upscaled and re-attached (RGBA)."""
         has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
         rgba = image.convert("RGBA") if has_alpha else None
-        lr = (image_to_tensor(image.convert("RGB")) + 1) / 2  # (1, 3, H, W) in [0, 1], as upscale_file reads
-        sr = self.upscale_tensor(lr, seed=seed)
-        out = tensor_to_image(sr * 2 - 1)
+        sr = self.upscale_tensor(pil_to_tensor(image.convert("RGB")), seed=seed)
+        out = tensor_to_pil(sr)
         if rgba is not None:
             out.putalpha(resize_alpha(rgba.getchannel("A"), out.size))
         return out
@@ -135,11 +128,6 @@ class Upscaler:
     def _sample(self, lr: torch.Tensor, seed: int) -> torch.Tensor:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         return self.pipe(lr, self.settings, generator=generator, output_type="pt", progress=self.progress).images
-
-
-def _unit_tensor(loaded: LoadedImage) -> torch.Tensor:
-    """(1, 3, H, W) in [0, 1] with the file's full (16-bit) precision."""
-    return (loaded.to_tensor() + 1) / 2
 
 
 def _load_pipeline(model, weights, *, base, trust_pickle, dtype):

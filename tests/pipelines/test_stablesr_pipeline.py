@@ -1,5 +1,6 @@
 """StableSRPipeline on a tiny seeded model: sizes, determinism, option effects, save/load identity."""
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -168,3 +169,17 @@ def test_settings_object_and_options_are_not_mixed(tiny_pipeline, lr_image):
 def test_a_vae_tile_size_that_is_not_a_multiple_of_64_runs_tiled(tiny_pipeline, lr_image):
     out = run(tiny_pipeline, lr_image, vae_tile_size=72)  # encode tiles 72 px with 8 px overlap; was 9 (refused)
     assert out.shape == (1, 3, 160, 224) and torch.isfinite(out).all()
+
+
+def test_the_output_is_the_same_kind_as_the_input(tiny_pipeline):
+    rgb = np.random.default_rng(5).integers(0, 256, (10, 14, 3), dtype=np.uint8)
+    options = dict(num_inference_steps=2, tile_size=16, tile_overlap=8, progress=False)
+    as_array = tiny_pipeline(rgb.astype(np.float32) / 255, generator=torch.Generator().manual_seed(0), **options)
+    as_tensor = tiny_pipeline(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255,
+                              generator=torch.Generator().manual_seed(0), **options)
+    as_pil = tiny_pipeline(Image.fromarray(rgb), generator=torch.Generator().manual_seed(0), **options)
+    assert isinstance(as_array.images, np.ndarray) and as_array.images.shape == (1, 40, 56, 3)
+    assert torch.is_tensor(as_tensor.images) and as_tensor.images.shape == (1, 3, 40, 56)
+    assert isinstance(as_pil.images[0], Image.Image)
+    assert np.array_equal(as_array.images[0], as_tensor.images[0].permute(1, 2, 0).numpy())
+    assert np.array_equal(np.asarray(as_pil.images[0]), (as_array.images[0] * 255).round().astype(np.uint8))

@@ -25,7 +25,16 @@ from tqdm.auto import tqdm
 from stablesr.color_fix import apply_color_fix
 from stablesr.configs import UPSCALE_DEFAULTS_FILE, UpscaleSettings, read_upscale_defaults, resolve_settings
 from stablesr.errors import StableSRError
-from stablesr.imaging import image_to_tensor, postprocess_sr, preprocess_lr
+from stablesr.image_processor import (
+    ImageInput,
+    OutputType,
+    input_kind,
+    postprocess_images,
+    preprocess_images,
+    to_model_range,
+    to_unit_range,
+)
+from stablesr.imaging import postprocess_sr, preprocess_lr
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.models.sft_unet import SFTUNet, StableSRModule
 from stablesr.models.text_encoder import OFFICIAL_NEGATIVE_PROMPT, PromptEmbeddings, known_prompt_tokens
@@ -157,26 +166,27 @@ class StableSRPipeline(DiffusionPipeline):
 
     # ---------------------------------------------------------------- main entry
     @torch.no_grad()
-    def __call__(self, image: PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor,
+    def __call__(self, image: ImageInput,
                  settings: UpscaleSettings | None = None, *, preset: str | None = None,
                  generator: torch.Generator | None = None, noise_sampler: NoiseSampler | None = None,
-                 output_type: str = "pil", progress: bool = True,
+                 output_type: OutputType | None = None, progress: bool = True,
                  callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
                  **options) -> StableSROutput:
         """Super-resolve `image`.
 
-        image: PIL image(s), or a (B, 3, H, W) tensor in [0, 1]. Returns images of size
-        (round-down H * upscale, W * upscale). `settings` (an `UpscaleSettings`) or keyword
-        `options` (its field names, e.g. `num_inference_steps=4`) choose the method's knobs; see
-        `resolve_settings` for how they merge with the model's defaults. `noise_sampler(like) ->
-        noise` (advanced) supplies every random draw in order: the posterior sample, x_T, then one
-        per step.
+        image: PIL image(s), a (B, 3, H, W) tensor or a (B, H, W, 3) array in [0, 1]. Returns the
+        same kind (or `output_type` 'pil' / 'pt' / 'np') in [0, 1], of size (round-down H * upscale,
+        W * upscale). `settings` (an `UpscaleSettings`) or keyword `options` (its field names, e.g.
+        `num_inference_steps=4`) choose the knobs; see `resolve_settings` for how they merge with the
+        model's defaults. `noise_sampler(like) -> noise` (advanced) supplies every random draw in
+        order: the posterior sample, x_T, then one per step.
         """
         # 1. Check inputs and settle the settings (once)
         settings = self.resolve_settings(settings, preset=preset, **options)
+        output_type = output_type or input_kind(image)
         if output_type not in ("pil", "pt", "np"):
             raise StableSRError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
-        lr_images = self._to_tensor_batch(image)
+        lr_images = preprocess_images(image)  # list of (1, 3, H, W) in [0, 1]
         noise_sampler = noise_sampler or default_noise_sampler(generator)
 
         # 2. Encode prompts (cond = prompt; uncond = negative prompt, only with guidance)
@@ -197,16 +207,17 @@ class StableSRPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
 
         # 8. Convert the output
-        return StableSROutput(images=self._convert_output(outputs, output_type))
+        return StableSROutput(images=postprocess_images(outputs, output_type))
 
     def _upscale_one(self, lr: torch.Tensor, settings: UpscaleSettings, tile_fn, *, noise_sampler: NoiseSampler,
                      progress: bool, callback) -> torch.Tensor:
-        """Steps 3-7 for one (1, 3, H, W) image in [-1, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU."""
+        """Steps 3-7 for one (1, 3, H, W) image in [0, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU."""
         device, vae_dtype = self.device, self.vae.dtype
         scaling = self.vae.config.scaling_factor
 
-        # 3. Preprocess: [-1, 1], bicubic upscale (short side >= min_size), pad to a multiple of 8
-        pre = preprocess_lr(lr, upscale=settings.upscale, min_size=settings.min_size, multiple=self.vae_scale_factor)
+        # 3. Preprocess: to [-1, 1], bicubic upscale (short side >= min_size), pad to a multiple of 8
+        pre = preprocess_lr(to_model_range(lr), upscale=settings.upscale, min_size=settings.min_size,
+                            multiple=self.vae_scale_factor)
         lr_up = pre.image.to(device, vae_dtype)  # (1, 3, H, W)
 
         # 4. Encode the LR image: z_lr = scaling * sample(q(z | lr_up)), tiled for bounded memory
@@ -257,25 +268,4 @@ class StableSRPipeline(DiffusionPipeline):
         if not torch.isfinite(decoded).all():
             raise NonFiniteOutputError(f"the decoded image has NaN/Inf values in {vae_dtype}; retry in float32")
         sr = postprocess_sr(decoded, pre)  # (1, 3, H_out, W_out) in [-1, 1]
-        return ((sr + 1) / 2).clamp(0, 1).cpu()
-
-    # ---------------------------------------------------------------- helpers
-    @staticmethod
-    def _to_tensor_batch(image) -> list[torch.Tensor]:
-        """PIL image(s) or a (B, 3, H, W) tensor in [0, 1] -> list of (1, 3, H, W) tensors in [-1, 1]."""
-        if isinstance(image, PIL.Image.Image):
-            return [image_to_tensor(image.convert("RGB"))]
-        if isinstance(image, (list, tuple)):
-            return [image_to_tensor(im.convert("RGB")) for im in image]
-        if torch.is_tensor(image) and image.ndim == 4 and image.shape[1] == 3:
-            return [x[None].float() * 2 - 1 for x in image]
-        raise StableSRError("image must be a PIL image, a list of them, or a (B, 3, H, W) tensor in [0, 1]")
-
-    @staticmethod
-    def _convert_output(outputs: list[torch.Tensor], output_type: str):
-        if output_type == "pt":
-            return torch.cat(outputs) if len({o.shape for o in outputs}) == 1 else outputs
-        arrays = [o[0].permute(1, 2, 0).numpy() for o in outputs]  # (1, 3, H, W) -> (H, W, 3)
-        if output_type == "np":
-            return np.stack(arrays) if len({a.shape for a in arrays}) == 1 else arrays
-        return [PIL.Image.fromarray((a * 255.0).round().astype(np.uint8)) for a in arrays]
+        return to_unit_range(sr).cpu()
