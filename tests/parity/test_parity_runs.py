@@ -14,6 +14,7 @@ from conftest import assert_close_scaled
 from stablesr.models.sft_unet import SFTUNet
 from stablesr.models.text_encoder import PromptEmbeddings
 from stablesr.pipelines.stablesr import StableSRPipeline, make_guided_tile_fn
+from stablesr.sampling.denoisers import EpsDenoiser
 from stablesr.sampling.samplers import q_sample, sample_ddim, sample_ddpm
 from stablesr.sampling.schedules import betas_scaled_linear, ddim_schedule, respaced_schedule
 from stablesr.sampling.tiling import TiledDenoiser
@@ -73,8 +74,8 @@ def test_h1_ddpm_chain_untiled(parity_cases, sft_unet):
     x_T = q_sample(lr, ALPHAS_CUMPROD[999].item(), cases["h1.noise.000"])
     assert_close_scaled(x_T, cases["h1.x_T"], SINGLE, "h1.x_T")
     steps = []
-    final = sample_ddpm(lambda x, t: sft_unet(x, torch.tensor([t]), context, lr), cases["h1.x_T"],
-                        respaced_schedule(betas_scaled_linear(), 4, faithful=True), prediction_type="epsilon",
+    final = sample_ddpm(EpsDenoiser(lambda x, t: sft_unet(x, torch.tensor([t]), context, lr)), cases["h1.x_T"],
+                        respaced_schedule(betas_scaled_linear(), 4, faithful=True),
                         noise_sampler=tape(cases, "h1", 1), callback=recorder(steps))
     for k, (x, _) in enumerate(steps):
         assert_close_scaled(x, cases[f"h1.step{k}.x_out"], CHAIN, f"h1.step{k}")
@@ -84,8 +85,8 @@ def test_h1_ddpm_chain_untiled(parity_cases, sft_unet):
 def canvas_denoiser(sft_unet, cases, *, guidance_scale=1.0):
     tile_fn = make_guided_tile_fn(sft_unet, cases["b.context"],
                                   cases["e.neg_context"] if guidance_scale != 1.0 else None, guidance_scale)
-    return TiledDenoiser(tile_fn, cases["e.lr_latent"], tile_size=32, tile_overlap=16, batch_size=1,
-                         faithful_weights=True)
+    return EpsDenoiser(TiledDenoiser(tile_fn, cases["e.lr_latent"], tile_size=32, tile_overlap=16, batch_size=1,
+                                     faithful_weights=True))
 
 
 @torch.no_grad()
@@ -93,7 +94,7 @@ def test_h2_ddpm_chain_canvas(parity_cases, sft_unet):
     cases = parity_cases
     steps = []
     final = sample_ddpm(canvas_denoiser(sft_unet, cases), cases["h2.x_T"],
-                        respaced_schedule(betas_scaled_linear(), 4, faithful=True), prediction_type="epsilon",
+                        respaced_schedule(betas_scaled_linear(), 4, faithful=True),
                         noise_sampler=tape(cases, "h2", 1), callback=recorder(steps))
     for k, (x, _) in enumerate(steps):
         assert_close_scaled(x, cases[f"h2.step{k}.x_out"], CHAIN, f"h2.step{k}")
@@ -106,7 +107,7 @@ def test_h3_h4_ddim_chain_canvas(parity_cases, sft_unet, case, eta, guidance_sca
     cases = parity_cases
     steps = []
     final = sample_ddim(canvas_denoiser(sft_unet, cases, guidance_scale=guidance_scale), cases[f"{case}.noise.000"],
-                        ddim_schedule(ALPHAS_CUMPROD, 4, eta=eta, grid="official"), prediction_type="epsilon",
+                        ddim_schedule(ALPHAS_CUMPROD, 4, eta=eta, grid="official"),
                         noise_sampler=tape(cases, case, 1), callback=recorder(steps))
     for k, (x, x0_pred) in enumerate(steps):
         assert_close_scaled(x, cases[f"{case}.step{k}.x_prev"], CHAIN, f"{case}.step{k}.x_prev")

@@ -9,7 +9,8 @@ import torch
 
 from conftest import assert_close_scaled
 from stablesr.color_fix import color_fix_adain, color_fix_wavelet, wavelet_blur, wavelet_decompose
-from stablesr.sampling.samplers import ddim_step, ddpm_step, predict_x0_and_eps
+from stablesr.sampling.denoisers import EpsDenoiser, predict_x0_and_eps
+from stablesr.sampling.samplers import ddim_step, ddpm_step
 from stablesr.sampling.schedules import (
     alphas_cumprod_from_betas,
     betas_scaled_linear,
@@ -79,8 +80,7 @@ def test_d_x0_and_posterior(parity_cases, i, prediction_type, tag):
     x_t, model_out = parity_cases["d.x_t"], parity_cases["d.model_out"]
     x0, _ = predict_x0_and_eps(model_out, x_t, float(schedule.alphas_cumprod[i]), prediction_type=prediction_type)
     assert_close_scaled(x0, parity_cases[f"d.N4.i{i}.{tag}.x0"], REL, "x0")
-    mean, x0_step = ddpm_step(model_out, x_t, schedule, i, torch.zeros_like(x_t), prediction_type=prediction_type)
-    assert torch.equal(x0_step, x0)
+    mean = ddpm_step(x0, x_t, schedule, i, torch.zeros_like(x_t))
     assert_close_scaled(mean, parity_cases[f"d.N4.i{i}.{tag}.posterior_mean"], REL, "posterior_mean")
     for name in ("posterior_variance", "posterior_log_variance_clipped"):
         expected = parity_cases[f"d.N4.i{i}.{name}"].reshape(())
@@ -91,8 +91,9 @@ def test_d_ddpm_step_adds_exp_half_logvar_noise(parity_cases):
     schedule = respaced_schedule(betas_scaled_linear(), 4, faithful=True)
     x_t, model_out = parity_cases["d.x_t"], parity_cases["d.model_out"]
     noise = torch.ones_like(x_t)
-    mean, _ = ddpm_step(model_out, x_t, schedule, 2, torch.zeros_like(x_t))
-    stepped, _ = ddpm_step(model_out, x_t, schedule, 2, noise)
+    x0, _ = EpsDenoiser.split(model_out, x_t, float(schedule.alphas_cumprod[2]))
+    mean = ddpm_step(x0, x_t, schedule, 2, torch.zeros_like(x_t))
+    stepped = ddpm_step(x0, x_t, schedule, 2, noise)
     std = parity_cases["d.N4.i2.posterior_log_variance_clipped"].reshape(()).mul(0.5).exp()
     assert_close_scaled(stepped - mean, std * noise, 1e-6, "noise term")
 
@@ -139,7 +140,8 @@ def test_e_ddpm_blend_and_posterior(parity_cases, parity_meta):
     assert torch.equal(blended, parity_cases["e.ddpm.N4.i2.blended_eps"])
     schedule = respaced_schedule(betas_scaled_linear(), 4, faithful=True)
     x_t = parity_cases["e.x_t"]
-    mean, x0 = ddpm_step(blended, x_t, schedule, 2, torch.zeros_like(x_t))
+    x0, _ = EpsDenoiser.split(blended, x_t, float(schedule.alphas_cumprod[2]))
+    mean = ddpm_step(x0, x_t, schedule, 2, torch.zeros_like(x_t))
     assert_close_scaled(mean, parity_cases["e.ddpm.N4.i2.posterior_mean"], REL, "posterior_mean")
     assert_close_scaled(x0, parity_cases["e.ddpm.N4.i2.x0"], REL, "x0")
     assert schedule.posterior_log_variance_clipped[2] == parity_cases["e.ddpm.N4.i2.posterior_log_variance"].reshape(())
@@ -149,7 +151,8 @@ def _ddim_canvas_step(parity_cases, parity_meta, tiles, case):
     schedule = ddim_schedule(alphas_cumprod_from_betas(betas_scaled_linear()), 4, eta=0.0, grid="official")
     assert int(schedule.timesteps[3]) == 999
     blended = _blend_stored(parity_cases, parity_meta, tiles)
-    x_prev, x0 = ddim_step(blended, parity_cases["e.x_t"], schedule, 3, parity_cases[f"{case}.noise.000"])
+    x0, eps = EpsDenoiser.split(blended, parity_cases["e.x_t"], float(schedule.alphas[3]))
+    x_prev = ddim_step(x0, eps, schedule, 3, parity_cases[f"{case}.noise.000"])
     assert_close_scaled(x_prev, parity_cases[f"{case}.x_prev"], REL, "x_prev")
     assert_close_scaled(x0, parity_cases[f"{case}.pred_x0"], REL, "pred_x0")
 

@@ -38,6 +38,7 @@ from stablesr.imaging import postprocess_sr, preprocess_lr
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.models.sft_unet import SFTUNet, StableSRModule
 from stablesr.models.text_encoder import OFFICIAL_NEGATIVE_PROMPT, PromptEmbeddings, known_prompt_tokens
+from stablesr.sampling.denoisers import wrap_model
 from stablesr.sampling.samplers import default_noise_sampler, q_sample, sample_ddim, sample_ddpm
 from stablesr.sampling.schedules import betas_scaled_linear, ddim_schedule, respaced_schedule
 from stablesr.sampling.tiled_vae import decode_tiled, encode_tiled
@@ -236,8 +237,9 @@ class StableSRPipeline(DiffusionPipeline):
             x_t = noise_sampler(lr_latent)
 
         # 6. Denoise with aggregation sampling over latent tiles
-        denoiser = TiledDenoiser(tile_fn, lr_latent, tile_size=settings.tile_size, tile_overlap=settings.tile_overlap,
-                                 batch_size=settings.tile_batch_size, faithful_weights=settings.faithful)
+        model = TiledDenoiser(tile_fn, lr_latent, tile_size=settings.tile_size, tile_overlap=settings.tile_overlap,
+                              batch_size=settings.tile_batch_size, faithful_weights=settings.faithful)
+        denoiser = wrap_model(model, self.prediction_type)  # (x_t, t, alpha_bar) -> (x0_pred, eps_pred)
         steps = settings.num_inference_steps
         bar_config = {**getattr(self, "_progress_bar_config", {}), "desc": "sampling", "leave": False}
         bar_config["disable"] = bar_config.get("disable", False) or not progress
@@ -249,13 +251,11 @@ class StableSRPipeline(DiffusionPipeline):
 
             if settings.sampler == "ddpm":
                 schedule = respaced_schedule(betas, steps, faithful=settings.faithful)
-                samples = sample_ddpm(denoiser, x_t, schedule, prediction_type=self.prediction_type,
-                                      noise_sampler=noise_sampler, callback=on_step)
+                samples = sample_ddpm(denoiser, x_t, schedule, noise_sampler=noise_sampler, callback=on_step)
             else:
                 schedule = ddim_schedule(alphas_cumprod, steps, eta=settings.eta,
                                          grid="official" if settings.faithful else "consistent")
-                samples = sample_ddim(denoiser, x_t, schedule, prediction_type=self.prediction_type,
-                                      noise_sampler=noise_sampler, callback=on_step)
+                samples = sample_ddim(denoiser, x_t, schedule, noise_sampler=noise_sampler, callback=on_step)
         if not torch.isfinite(samples).all():
             raise NonFiniteOutputError(f"the sampled latent has NaN/Inf values in {self.unet.dtype}; retry in float32")
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from stablesr.color_fix import apply_color_fix
 from stablesr.models.sft_unet import SFTUNet
+from stablesr.sampling.denoisers import wrap_model
 from stablesr.sampling.samplers import default_noise_sampler, q_sample, sample_ddpm
 from stablesr.sampling.schedules import alphas_cumprod_from_betas, betas_scaled_linear, respaced_schedule
 
@@ -42,11 +43,11 @@ def sample_sr_latent(sft_unet: SFTUNet, lr_latent: torch.Tensor, context: torch.
     batch = lr_latent.shape[0]
     context = context.to(lr_latent.device, sft_unet.unet.dtype).expand(batch, -1, -1)
 
-    def denoiser(x: torch.Tensor, t: int) -> torch.Tensor:
+    def model(x: torch.Tensor, t: int) -> torch.Tensor:
         timesteps = torch.full((batch,), t, dtype=torch.long, device=x.device)
         return sft_unet(x, timesteps, context, lr_latent)
 
-    return sample_ddpm(denoiser, x_t, respaced_schedule(betas, steps), prediction_type=prediction_type,
+    return sample_ddpm(wrap_model(model, prediction_type), x_t, respaced_schedule(betas, steps),
                        noise_sampler=noise_sampler)
 
 
