@@ -17,7 +17,7 @@ from stablesr.pipelines.stablesr import StableSRPipeline, make_guided_tile_fn
 from stablesr.sampling.denoisers import EpsDenoiser
 from stablesr.sampling.samplers import q_sample, sample_ddim, sample_ddpm
 from stablesr.sampling.schedules import betas_scaled_linear, ddim_schedule, respaced_schedule
-from stablesr.sampling.tiling import TiledDenoiser
+from stablesr.tiling.aggregation import TiledDenoiser
 from stablesr.weights.keymap_unet import encoder_config_from_ldm, unet_config_from_ldm
 from stablesr.weights.keymap_vae import vae_config_from_ldm
 from stablesr.weights.loading import Parts, build_sr_module, build_unet, build_vae, make_scheduler
@@ -86,7 +86,7 @@ def canvas_denoiser(sft_unet, cases, *, guidance_scale=1.0):
     tile_fn = make_guided_tile_fn(sft_unet, cases["b.context"],
                                   cases["e.neg_context"] if guidance_scale != 1.0 else None, guidance_scale)
     return EpsDenoiser(TiledDenoiser(tile_fn, cases["e.lr_latent"], tile_size=32, tile_overlap=16, batch_size=1,
-                                     faithful_weights=True))
+                                     faithful=True))
 
 
 @torch.no_grad()

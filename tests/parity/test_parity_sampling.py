@@ -18,7 +18,9 @@ from stablesr.sampling.schedules import (
     respace_timesteps,
     respaced_schedule,
 )
-from stablesr.sampling.tiling import blend_tiles, gaussian_weights, tile_windows
+from stablesr.tiling.aggregation import blend_tiles
+from stablesr.tiling.grid import window_grid
+from stablesr.tiling.weights import gaussian_weights
 
 REL = 1e-4
 SCHEDULE_BUFFERS = ["betas", "alphas_cumprod", "alphas_cumprod_prev", "posterior_variance",
@@ -102,7 +104,8 @@ def test_d_ddpm_step_adds_exp_half_logvar_noise(parity_cases):
 
 def _canvas_windows(parity_meta):
     canvas = parity_meta["canvas_e"]
-    return tile_windows(*canvas["latent_hw"], tile_size=canvas["tile_size"], tile_overlap=canvas["tile_overlap"])
+    return window_grid(*canvas["latent_hw"], tile_size=canvas["tile_size"], tile_overlap=canvas["tile_overlap"],
+                       order="columns_outer")
 
 
 def _blend_stored(parity_cases, parity_meta, tiles):

@@ -9,7 +9,8 @@ from torch import nn
 
 from stablesr.models.rrdb import ResidualDenseBlock
 from stablesr.models.rrdbnet import RRDBNet
-from stablesr.pipelines.realesrgan import RealESRGANUpscaler, tile_windows
+from stablesr.pipelines.realesrgan import RealESRGANUpscaler
+from stablesr.tiling.grid import padded_windows
 
 
 def tiny_model(seed: int = 0) -> RRDBNet:
@@ -38,6 +39,11 @@ def nearest_x4_model() -> RRDBNet:
 
 def random_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def tile_windows(height, width, **sizes):
+    """padded_windows as ((y0, y1, x0, x1) kept, (py0, py1, px0, px1) padded) tuples."""
+    return [tuple((w.y0, w.y1, w.x0, w.x1) for w in pair) for pair in padded_windows(height, width, **sizes)]
 
 
 def test_tile_windows_docstring_example_and_cover():
@@ -108,9 +114,10 @@ def test_bad_settings_are_rejected():
 
 
 def test_cross_fade_weights_of_neighbours_sum_to_one_and_skip_the_outer_half_pad():
-    from stablesr.pipelines.realesrgan import fade_weights
+    from stablesr.tiling.weights import linear_fade
 
-    end = fade_weights(8, 1, 4, fade_start=False, fade_end=True)
-    start = fade_weights(8, 1, 4, fade_start=True, fade_end=False)
+    end = linear_fade(8, 4, fade_in=False, fade_out=True)
+    start = linear_fade(8, 4, fade_in=True, fade_out=False)
+    assert linear_fade(4, 2, fade_in=True, fade_out=False).tolist() == [0, 0.25, 0.75, 1]  # the docstring example
     assert end[-2:].eq(0).all() and start[:2].eq(0).all()  # the outer pad/2 carries no weight
-    assert torch.allclose(end + start, torch.ones(8))
+    assert torch.equal(end + start, torch.ones(8, dtype=torch.float64))

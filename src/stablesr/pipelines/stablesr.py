@@ -41,8 +41,8 @@ from stablesr.models.text_encoder import OFFICIAL_NEGATIVE_PROMPT, PromptEmbeddi
 from stablesr.sampling.denoisers import wrap_model
 from stablesr.sampling.samplers import default_noise_sampler, q_sample, sample_ddim, sample_ddpm
 from stablesr.sampling.schedules import betas_scaled_linear, ddim_schedule, respaced_schedule
-from stablesr.sampling.tiled_vae import decode_tiled, encode_tiled
-from stablesr.sampling.tiling import TiledDenoiser
+from stablesr.tiling.aggregation import TiledDenoiser
+from stablesr.tiling.vae import decode_tiled, encode_tiled
 
 NoiseSampler = Callable[[torch.Tensor], torch.Tensor]
 
@@ -238,7 +238,7 @@ class StableSRPipeline(DiffusionPipeline):
 
         # 6. Denoise with aggregation sampling over latent tiles
         model = TiledDenoiser(tile_fn, lr_latent, tile_size=settings.tile_size, tile_overlap=settings.tile_overlap,
-                              batch_size=settings.tile_batch_size, faithful_weights=settings.faithful)
+                              batch_size=settings.tile_batch_size, faithful=settings.faithful)
         denoiser = wrap_model(model, self.prediction_type)  # (x_t, t, alpha_bar) -> (x0_pred, eps_pred)
         steps = settings.num_inference_steps
         bar_config = {**getattr(self, "_progress_bar_config", {}), "desc": "sampling", "leave": False}

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from stablesr.sampling.tiling import TiledDenoiser, Window, blend_tiles, gaussian_weights, tile_windows
+from stablesr.tiling.aggregation import TiledDenoiser, blend_tiles
+from stablesr.tiling.grid import Window, window_grid
+from stablesr.tiling.weights import gaussian_weights
 
 
 def _pointwise_tile_fn(x_tiles, lr_tiles, t):
@@ -16,6 +18,11 @@ def _pointwise_tile_fn(x_tiles, lr_tiles, t):
 def _tile_mean_fn(x_tiles, lr_tiles, t):
     """Depends on the whole tile, so tiling changes the result (a stand-in for a network)."""
     return x_tiles - x_tiles.mean(dim=(-2, -1), keepdim=True) + lr_tiles.mean()
+
+
+def tile_windows(height: int, width: int, **sizes) -> list[Window]:
+    """The latent aggregation grid, in the official order (outer loop over x)."""
+    return window_grid(height, width, order="columns_outer", **sizes)
 
 
 def _latents(batch=1, height=40, width=72, seed=0):
