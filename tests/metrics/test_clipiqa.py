@@ -325,7 +325,7 @@ def test_state_dict_files_and_learned_prompt_files(clip_file, tmp_path):
 def test_missing_files_name_the_file_and_the_caches(tmp_path, monkeypatch, clip_file):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    with pytest.raises(WeightsNotFoundError, match=r"RN50\.pt.*torch/hub/clip and .*home/\.cache/clip.*nothing is"):
+    with pytest.raises(WeightsNotFoundError, match=r"RN50\.pt.*torch/hub/clip or .*home/\.cache/clip.*nothing is"):
         CLIPIQAResNet.from_file()
     with pytest.raises(WeightsNotFoundError, match=r"CLIP-IQA\+_learned_prompts-603f3273\.pth.*torch/hub/pyiqa"):
         CLIPIQAResNet.from_files_learned(clip_file[0])

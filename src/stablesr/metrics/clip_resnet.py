@@ -19,7 +19,6 @@ how pyiqa's `clipiqa` feeds images of any size. Parameter names are those of the
 
 from __future__ import annotations
 
-import os
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -29,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stablesr.errors import CheckpointMismatchError, WeightsNotFoundError
+from stablesr.errors import CheckpointMismatchError
+from stablesr.weights.cache import find_weights
 from stablesr.weights.io import load_state_dict
 
 WEIGHTS_FILE = "RN50.pt"
@@ -258,19 +258,9 @@ class ClipResNet(nn.Module):
 
 
 def find_clip_file(path: str | Path | None = None) -> Path:
-    """`RN50.pt`: `path` (the file or a folder holding it), else `$TORCH_HOME/hub/clip/`, else `~/.cache/clip/`."""
-    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-    folders = [torch_home / "hub" / "clip", Path.home() / ".cache" / "clip"]
-    candidates = [Path(path), Path(path) / WEIGHTS_FILE] if path is not None else []
-    candidates += [folder / WEIGHTS_FILE for folder in folders]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    searched = f"{path} or " if path is not None else ""
-    raise WeightsNotFoundError(
-        f"CLIP-IQA needs OpenAI CLIP's {WEIGHTS_FILE}; looked in {searched}{folders[0]} and {folders[1]}: put the "
-        f"file in one of those folders or pass its path (nothing is downloaded)"
-    )
+    """`RN50.pt`: `path` (the file or a folder holding it), else the hub cache `clip/`, else `~/.cache/clip/`."""
+    return find_weights(WEIGHTS_FILE, path, cache="clip", extra_folders=[Path.home() / ".cache" / "clip"],
+                        needed_by="CLIP-IQA needs OpenAI CLIP's")
 
 
 def is_torchscript_archive(path: Path) -> bool:
