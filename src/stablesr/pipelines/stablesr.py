@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -38,9 +39,9 @@ from stablesr.imaging import postprocess_sr, preprocess_lr
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.models.sft_unet import SFTUNet, StableSRModule
 from stablesr.models.text_encoder import OFFICIAL_NEGATIVE_PROMPT, PromptEmbeddings, known_prompt_tokens
-from stablesr.sampling.denoisers import wrap_model
-from stablesr.sampling.samplers import default_noise_sampler, q_sample, sample_ddim, sample_ddpm
-from stablesr.sampling.schedules import betas_scaled_linear, ddim_schedule, respaced_schedule
+from stablesr.sampling.chain import sample_chain
+from stablesr.sampling.samplers import default_noise_sampler
+from stablesr.sampling.schedules import betas_scaled_linear
 from stablesr.tiling.aggregation import TiledDenoiser
 from stablesr.tiling.vae import decode_tiled, encode_tiled
 
@@ -207,12 +208,12 @@ class StableSRPipeline(DiffusionPipeline):
             sft_unet.remove_hooks()
         self.maybe_free_model_hooks()
 
-        # 8. Convert the output
+        # 7. Convert the output
         return StableSROutput(images=postprocess_images(outputs, output_type))
 
     def _upscale_one(self, lr: torch.Tensor, settings: UpscaleSettings, tile_fn, *, noise_sampler: NoiseSampler,
                      progress: bool, callback) -> torch.Tensor:
-        """Steps 3-7 for one (1, 3, H, W) image in [0, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU."""
+        """Steps 3-6 for one (1, 3, H, W) image in [0, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU."""
         device, vae_dtype = self.device, self.vae.dtype
         scaling = self.vae.config.scaling_factor
 
@@ -227,39 +228,20 @@ class StableSRPipeline(DiffusionPipeline):
         lr_latent = (posterior.mean + posterior.std * noise_sampler(posterior.mean)) * scaling
         lr_latent = lr_latent.to(self.unet.dtype)  # (1, 4, H/8, W/8)
 
-        # 5. Schedule and starting latent x_T
-        betas = betas_scaled_linear(self.scheduler.config.num_train_timesteps, self.scheduler.config.beta_start,
-                                    self.scheduler.config.beta_end)
-        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        if settings.start == "lr":  # q(x_999 | z_lr) with the un-respaced table, as the official tile script
-            x_t = q_sample(lr_latent, alphas_cumprod[-1].item(), noise_sampler(lr_latent))
-        else:
-            x_t = noise_sampler(lr_latent)
-
-        # 6. Denoise with aggregation sampling over latent tiles
+        # 5. Sample: x_T from the noised LR latent, then the sampler over aggregated latent tiles
         model = TiledDenoiser(tile_fn, lr_latent, tile_size=settings.tile_size, tile_overlap=settings.tile_overlap,
                               batch_size=settings.tile_batch_size, faithful=settings.faithful)
-        denoiser = wrap_model(model, self.prediction_type)  # (x_t, t, alpha_bar) -> (x0_pred, eps_pred)
-        steps = settings.num_inference_steps
-        bar_config = {**getattr(self, "_progress_bar_config", {}), "desc": "sampling", "leave": False}
-        bar_config["disable"] = bar_config.get("disable", False) or not progress
-        with tqdm(total=steps, **bar_config) as bar:
-            def on_step(i, t, x, x0_pred):
-                bar.update()
-                if callback is not None:
-                    callback(i, t, x, x0_pred)
-
-            if settings.sampler == "ddpm":
-                schedule = respaced_schedule(betas, steps, faithful=settings.faithful)
-                samples = sample_ddpm(denoiser, x_t, schedule, noise_sampler=noise_sampler, callback=on_step)
-            else:
-                schedule = ddim_schedule(alphas_cumprod, steps, eta=settings.eta,
-                                         grid="official" if settings.faithful else "consistent")
-                samples = sample_ddim(denoiser, x_t, schedule, noise_sampler=noise_sampler, callback=on_step)
+        betas = betas_scaled_linear(self.scheduler.config.num_train_timesteps, self.scheduler.config.beta_start,
+                                    self.scheduler.config.beta_end)
+        with self._progress(settings.num_inference_steps, progress, callback) as on_step:
+            samples = sample_chain(model, lr_latent, betas, steps=settings.num_inference_steps,
+                                   prediction_type=self.prediction_type, noise_sampler=noise_sampler,
+                                   sampler=settings.sampler, eta=settings.eta, start=settings.start,
+                                   faithful=settings.faithful, callback=on_step)
         if not torch.isfinite(samples).all():
             raise NonFiniteOutputError(f"the sampled latent has NaN/Inf values in {self.unet.dtype}; retry in float32")
 
-        # 7. Decode with CFW (encoder features of lr_up per tile), colour-fix, undo the padding
+        # 6. Decode with CFW (encoder features of lr_up per tile), colour-fix, undo the padding
         z = samples.to(vae_dtype) / scaling
         decode_tile, decode_overlap = settings.vae_decode_tiles(self.vae_scale_factor)
         decoded = decode_tiled(self.vae, z, tile_size=decode_tile, tile_overlap=decode_overlap,
@@ -269,3 +251,16 @@ class StableSRPipeline(DiffusionPipeline):
             raise NonFiniteOutputError(f"the decoded image has NaN/Inf values in {vae_dtype}; retry in float32")
         sr = postprocess_sr(decoded, pre)  # (1, 3, H_out, W_out) in [-1, 1]
         return to_unit_range(sr).cpu()
+
+    @contextmanager
+    def _progress(self, steps: int, progress: bool, callback):
+        """A step callback that advances a progress bar and calls the user's `callback`."""
+        bar_config = {**getattr(self, "_progress_bar_config", {}), "desc": "sampling", "leave": False}
+        bar_config["disable"] = bar_config.get("disable", False) or not progress
+        with tqdm(total=steps, **bar_config) as bar:
+            def on_step(i, t, x, x0_pred):
+                bar.update()
+                if callback is not None:
+                    callback(i, t, x, x0_pred)
+
+            yield on_step
