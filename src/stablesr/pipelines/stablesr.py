@@ -10,21 +10,19 @@ w -> `fidelity`; Gaussian aggregation -> `TiledDenoiser`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
 from stablesr.color_fix import apply_color_fix
-from stablesr.configs import UPSCALE_DEFAULTS_FILE, UpscaleSettings, read_upscale_defaults, resolve_settings
+from stablesr.configs import UpscaleSettings
 from stablesr.errors import StableSRError
 from stablesr.image_processor import (
     ImageInput,
@@ -39,6 +37,7 @@ from stablesr.imaging import postprocess_sr, preprocess_lr
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.models.sft_unet import SFTUNet, StableSRModule
 from stablesr.models.text_encoder import OFFICIAL_NEGATIVE_PROMPT, PromptEmbeddings, known_prompt_tokens
+from stablesr.pipelines.base import SRPipeline
 from stablesr.sampling.chain import sample_chain
 from stablesr.sampling.samplers import default_noise_sampler
 from stablesr.sampling.schedules import betas_scaled_linear
@@ -81,7 +80,7 @@ def make_guided_tile_fn(sft_unet: SFTUNet, cond_embeds: torch.Tensor, uncond_emb
     return tile_fn
 
 
-class StableSRPipeline(DiffusionPipeline):
+class StableSRPipeline(SRPipeline):
     """Real-world super-resolution with a frozen SD prior.
 
     Components: `unet` (SD 2.x `UNet2DConditionModel`, frozen), `sr_module` (time-aware encoder +
@@ -90,6 +89,7 @@ class StableSRPipeline(DiffusionPipeline):
     optional `text_encoder` + `tokenizer` for custom prompts.
     """
 
+    settings_class = UpscaleSettings
     model_cpu_offload_seq = "sr_module->unet->vae"
     _optional_components = ["text_encoder", "tokenizer"]
 
@@ -130,32 +130,9 @@ class StableSRPipeline(DiffusionPipeline):
         return hidden if torch.is_tensor(hidden) else hidden.last_hidden_state
 
     # ---------------------------------------------------------------- settings
-    upscale_defaults: dict = {}  # this model's `upscale_defaults.json` (set by from_pretrained)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """diffusers' loader, plus the folder's `upscale_defaults.json` as `pipe.upscale_defaults`."""
-        pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        folder = Path(str(pretrained_model_name_or_path)).expanduser()
-        pipe.upscale_defaults = read_upscale_defaults(folder) if folder.is_dir() else {}
-        return pipe
-
-    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """diffusers' writer, plus `upscale_defaults.json` when this model has defaults of its own."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if self.upscale_defaults:
-            (Path(save_directory) / UPSCALE_DEFAULTS_FILE).write_text(json.dumps(self.upscale_defaults, indent=2))
-
-    def resolve_settings(self, settings: UpscaleSettings | None = None, *, preset: str | None = None,
-                         **options) -> UpscaleSettings:
-        """The settings of a call: `settings` as given (with `options` replaced in it), or the class
-        defaults < this model's `upscale_defaults` < `preset` < `options`. Model-dependent values
-        (fidelity, min_size) are filled in and checked against this model."""
-        if settings is None:
-            settings = resolve_settings(UpscaleSettings, model_defaults=self.upscale_defaults, preset=preset,
-                                        overrides=options)
-        elif options or preset is not None:
-            raise StableSRError("pass either a settings object or keyword options (and preset), not both")
+    def complete_settings(self, settings: UpscaleSettings) -> UpscaleSettings:
+        """Fill in fidelity (0.5 with trained CFW weights, else 0) and min_size (one latent tile), and
+        check the values that depend on this model."""
         if settings.num_inference_steps > self.scheduler.config.num_train_timesteps:
             settings.fail("num_inference_steps", f"must be <= {self.scheduler.config.num_train_timesteps}, "
                                                  "the model's training timesteps")
