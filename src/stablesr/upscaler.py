@@ -21,7 +21,7 @@ import PIL.Image
 import torch
 
 from stablesr.configs import UpscaleSettings, read_upscale_defaults, resolve_settings
-from stablesr.errors import WeightsNotFoundError
+from stablesr.errors import StableSRError, WeightsNotFoundError
 from stablesr.image_processor import pil_to_tensor, tensor_to_pil
 from stablesr.imaging import load_image, resize_alpha, save_image_atomic
 
@@ -67,6 +67,8 @@ class Upscaler:
         Without `settings`, they resolve as class defaults < the folder's upscale_defaults.json <
         `preset` < `options` before any weights load, so a bad value fails at once.
         """
+        if settings is not None and (preset is not None or options):
+            raise StableSRError("pass either a settings object or preset / keyword options, not both")
         if settings is None:
             model_defaults = read_upscale_defaults(model) if model is not None else {}
             settings = resolve_settings(UpscaleSettings, model_defaults=model_defaults, preset=preset,
