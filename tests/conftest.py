@@ -13,6 +13,13 @@ import torch
 # STABLESR_TEST_THREADS.
 torch.set_num_threads(int(os.environ.get("STABLESR_TEST_THREADS", "1")))
 
+# Float tolerances that hold on any x86-64 CPU (SSE / AVX2 / AVX-512 kernels sum in different
+# orders, FMA or not) and any thread count. A float32 network compared with another implementation,
+# a stored reference, or a differently batched / tiled run of itself: relative 1e-4 (~840 ulps; a
+# wrong formula, layer or weight moves results by 1e-2 or more). Same computation, same process:
+# compare exactly (torch.equal). float64 maths: 1e-9 relative or tighter, as each test states.
+FLOAT32_REL = 1e-4
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("STABLESR_SHARED", REPO_ROOT.parent / "shared"))
 PARITY_DIR = SHARED_DIR / "fixtures" / "parity"

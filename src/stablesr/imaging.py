@@ -27,6 +27,7 @@ from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 from torch import Tensor
 
 from stablesr.errors import ImageReadError, StableSRError
+from stablesr.image_processor import pil_to_tensor, tensor_to_pil, to_model_range, to_unit_range
 
 # 300 MP: larger than any camera frame (200 MP phone sensors, 8K x 8K = 67 MP) or the stitched
 # panoramas users feed in, yet it caps a decompression bomb (a few-KB PNG can declare
@@ -83,11 +84,15 @@ class LoadedImage:
     source_mode: str
     rgb_float: np.ndarray | None = None
 
-    def to_tensor(self) -> Tensor:
-        """(1, 3, H, W) float32 in [-1, 1], from the full-precision data when there is some."""
+    def to_unit_tensor(self) -> Tensor:
+        """(1, 3, H, W) float32 in [0, 1], from the full-precision data when there is some."""
         if self.rgb_float is None:
-            return image_to_tensor(self.rgb)
-        return torch.from_numpy(self.rgb_float).permute(2, 0, 1).unsqueeze(0) * 2 - 1  # (H,W,3)->(1,3,H,W)
+            return pil_to_tensor(self.rgb)
+        return torch.from_numpy(self.rgb_float).permute(2, 0, 1).unsqueeze(0)  # (H, W, 3) -> (1, 3, H, W)
+
+    def to_tensor(self) -> Tensor:
+        """(1, 3, H, W) float32 in [-1, 1] (the autoencoder's range); see `to_unit_tensor`."""
+        return to_model_range(self.to_unit_tensor())
 
 
 def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
@@ -195,11 +200,12 @@ def _cmyk_to_rgb(image: Image.Image, icc_profile: bytes | None) -> np.ndarray:
 
 
 def image_to_tensor(image: Image.Image) -> Tensor:
-    """RGB PIL image (H, W) -> (1, 3, H, W) float32 in [-1, 1]."""
+    """RGB PIL image (H, W) -> (1, 3, H, W) float32 in [-1, 1] (the autoencoder's range).
+
+    The [0, 1] conversions of the public API live in `stablesr.image_processor`; this composes them."""
     if image.mode != "RGB":
         raise ValueError(f"image_to_tensor expects an RGB image, got mode {image.mode!r} (use load_image)")
-    array = torch.from_numpy(np.array(image, dtype=np.float32))
-    return array.permute(2, 0, 1).unsqueeze(0) / 127.5 - 1  # (H, W, 3) -> (1, 3, H, W)
+    return to_model_range(pil_to_tensor(image))
 
 
 def tensor_to_image(x: Tensor, *, bit_depth: Literal[8, 16] = 8) -> Image.Image | np.ndarray:
@@ -207,12 +213,7 @@ def tensor_to_image(x: Tensor, *, bit_depth: Literal[8, 16] = 8) -> Image.Image 
     bit_depth 16, since Pillow has no 16-bit RGB mode; `save_image_atomic` writes either."""
     if x.ndim != 4 or x.shape[:2] != (1, 3):
         raise ValueError(f"tensor_to_image expects a (1, 3, H, W) tensor, got {tuple(x.shape)}")
-    levels = 255 if bit_depth == 8 else 65535
-    unit = (x.detach().float().cpu().clamp(-1, 1) + 1) / 2
-    array = (unit[0].permute(1, 2, 0) * levels).round().numpy()  # (1, 3, H, W) -> (H, W, 3)
-    if bit_depth == 16:
-        return array.astype(np.uint16)
-    return Image.fromarray(array.astype(np.uint8), mode="RGB")
+    return tensor_to_pil(to_unit_range(x.detach().float().cpu()), bit_depth=bit_depth)
 
 
 def save_image_atomic(

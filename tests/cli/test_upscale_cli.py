@@ -130,3 +130,31 @@ def test_half_precision_falls_back_to_fp32_when_non_finite_values_appear(tmp_pat
     assert seen == [torch.bfloat16, torch.float32]
     assert "switching to float32" in capsys.readouterr().err
     assert Image.open(tmp_path / "o" / "p.png").size == (96, 64)
+
+
+def test_bad_settings_fail_before_any_model_loads_naming_the_flag(tmp_path, capsys):
+    src = write_photo(tmp_path / "p.png", size=(24, 16))
+    for flag, value in (("--tile-batch-size", "0"), ("--vae-tile-size", "1001")):
+        args = ["upscale", str(src), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "absent"), flag, value]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} {value}" in err and "model_index.json" not in err  # no model was looked for
+
+
+def test_model_folder_defaults_apply_and_explicit_flags_win(tmp_path, tiny_model_dir):
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "upscale_defaults.json").write_text(json.dumps({"num_inference_steps": 2, "tile_size": 16,
+                                                             "tile_overlap": 8, "color_fix": "none"}))
+    src = write_photo(tmp_path / "p.png", size=(24, 16))
+    common = ["upscale", str(src), "--no-progress"]
+    assert main([*common, "-o", str(tmp_path / "implicit"), "--model", str(model)]) == 0
+    assert main([*common, "-o", str(tmp_path / "explicit"), "--model", str(tiny_model_dir), "--steps", "2",
+                 "--tile-size", "16", "--tile-overlap", "8", "--color-fix", "none"]) == 0
+    assert main([*common, "-o", str(tmp_path / "override"), "--model", str(model), "--color-fix", "wavelet"]) == 0
+    implicit, explicit, override = (np.asarray(Image.open(tmp_path / d / "p.png")) for d in
+                                    ("implicit", "explicit", "override"))
+    assert np.array_equal(implicit, explicit) and not np.array_equal(implicit, override)

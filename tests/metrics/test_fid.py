@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import FLOAT32_REL
 from stablesr.errors import CheckpointMismatchError, WeightsNotFoundError
 from stablesr.metrics.fid import (
     WEIGHTS_FILE,
@@ -36,9 +37,9 @@ def eigen_frechet(mu_1, sigma_1, mu_2, sigma_2) -> float:
 
 def test_distance_of_a_set_to_itself_is_zero():
     features = np.random.default_rng(0).normal(size=(40, 6))
-    assert abs(fid_from_features(features, features)) < 1e-10
+    assert abs(fid_from_features(features, features)) < 1e-8  # up to sqrtm rounding (CPU-dependent)
     mu, sigma = feature_statistics(features)
-    np.testing.assert_allclose(sigma, np.cov(features.T, ddof=1), rtol=1e-14)  # unbiased, features in columns
+    np.testing.assert_allclose(sigma, np.cov(features.T, ddof=1), rtol=1e-12, atol=1e-14)  # unbiased, in columns
     assert mu.dtype == sigma.dtype == np.float64
 
 
@@ -83,7 +84,7 @@ def test_fid_blocks_pool_without_padding_and_last_block_max_pools():
     ones = torch.ones(1, 4, 6, 6)
     with torch.no_grad():
         pooled = block_a(ones)[:, -3:]  # the pool branch is the last `pool_features` channels
-    assert torch.allclose(pooled, pooled[:, :, :1, :1].expand_as(pooled), rtol=0, atol=1e-6)  # borders = centre
+    assert torch.allclose(pooled, pooled[:, :, :1, :1].expand_as(pooled), rtol=0, atol=1e-5)  # borders = centre
     spike = torch.zeros(1, 4, 7, 7)
     spike[0, 0, 3, 3] = 1.0
     for pool, expected in (("max", 1.0), ("avg", 1 / 9)):
@@ -95,7 +96,7 @@ def test_fid_blocks_pool_without_padding_and_last_block_max_pools():
             branch = block_e(spike)[0, -192]  # first channel of the pool branch
         window = torch.zeros(7, 7)
         window[2:5, 2:5] = expected
-        torch.testing.assert_close(branch, window, rtol=0, atol=1e-6)
+        torch.testing.assert_close(branch, window, rtol=0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_weights_load_and_features_are_pool3_of_the_resized_input(weights_file):
         for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
             h = getattr(donor, f"Mixed_{name}")(h)
     assert h.shape == (1, 2048, 8, 8)
-    np.testing.assert_allclose(features[1], h.mean(dim=(2, 3))[0].double().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(features[1], h.mean(dim=(2, 3))[0].double().numpy(), rtol=FLOAT32_REL, atol=1e-5)
 
 
 def test_missing_and_mismatched_weights(tmp_path, monkeypatch, weights_file):

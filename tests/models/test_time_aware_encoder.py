@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from conftest import FLOAT32_REL
 from stablesr.models.time_aware_encoder import SelfAttention2d, TimeAwareEncoder
 
 TINY = {"model_channels": 64, "out_channels": 32, "num_res_blocks": 1, "channel_mult": (1, 2), "num_heads": 2}
@@ -47,7 +48,7 @@ def test_batch_entries_are_independent(tiny_encoder):
         batched = tiny_encoder(lr_latent, t)
         singles = [tiny_encoder(lr_latent[i : i + 1], t[i : i + 1]) for i in range(2)]
     for width, feat in batched.items():
-        torch.testing.assert_close(feat, torch.cat([s[width] for s in singles]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(feat, torch.cat([s[width] for s in singles]), rtol=FLOAT32_REL, atol=FLOAT32_REL)
 
 
 def test_timestep_changes_every_output(tiny_encoder):

@@ -5,12 +5,14 @@ import json
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from fixture_cases import decoded_fidelities, encoder_features, load_meta
 
 from conftest import assert_close_scaled, require_parity_file
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.weights.keymap_vae import convert_cfw, convert_ldm_vae, load_state_strict, vae_config_from_ldm
 
 REL = 1e-4  # README: single network evaluations, max|diff| <= 1e-4 * max(1, max|ref|)
+META = load_meta()
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +39,13 @@ def test_encoder_outputs(encoded, parity_cases):
     assert_close_scaled(posterior.parameters, parity_cases["f.moments"], REL, "f.moments")
     assert_close_scaled(posterior.mean, parity_cases["f.posterior_mean"], REL, "f.posterior_mean")
     assert_close_scaled(posterior.logvar, parity_cases["f.posterior_logvar"], REL, "f.posterior_logvar")
-    assert_close_scaled(enc_feats[0], parity_cases["f.enc_fea.0"], REL, "f.enc_fea.0")
-    assert_close_scaled(enc_feats[1], parity_cases["f.enc_fea.1"], REL, "f.enc_fea.1")
+    names = encoder_features(META)
+    assert len(enc_feats) == len(names)
+    for feat, name in zip(enc_feats, names):
+        assert_close_scaled(feat, parity_cases[name], REL, name)
 
 
-@pytest.mark.parametrize(("fidelity", "name"), [(0.0, "w0p0"), (0.5, "w0p5"), (1.0, "w1p0")])
+@pytest.mark.parametrize(("fidelity", "name"), decoded_fidelities(META))
 def test_decoded(cfw, encoded, parity_cases, fidelity, name):
     with torch.no_grad():
         decoded = cfw.decode_with_features(parity_cases["f.z"], encoded[1], fidelity=fidelity)
@@ -59,5 +63,6 @@ def test_fidelity_zero_is_bit_identical_to_plain_autoencoder(cfw, encoded, parit
 
 def test_fidelity_changes_the_output_as_in_the_reference(parity_cases):
     """The fixture itself: w moves the output by O(1), so matching w=0.5 and w=1 really checks the fusion."""
-    delta = (parity_cases["f.decoded_w1p0"] - parity_cases["f.decoded_w0p0"]).abs().max().item()
+    (_, lowest), *_, (_, highest) = sorted(decoded_fidelities(META))
+    delta = (parity_cases[f"f.decoded_{highest}"] - parity_cases[f"f.decoded_{lowest}"]).abs().max().item()
     assert delta > 0.5

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fixture_cases import canvas, canvas_steps, chains, end_to_end, ids, load_meta
 
 from conftest import assert_close_scaled
+from stablesr.configs import UpscaleSettings
 from stablesr.models.sft_unet import SFTUNet
 from stablesr.models.text_encoder import PromptEmbeddings
 from stablesr.pipelines.stablesr import StableSRPipeline, make_guided_tile_fn
+from stablesr.sampling.denoisers import EpsDenoiser
 from stablesr.sampling.samplers import q_sample, sample_ddim, sample_ddpm
 from stablesr.sampling.schedules import betas_scaled_linear, ddim_schedule, respaced_schedule
-from stablesr.sampling.tiling import TiledDenoiser
+from stablesr.tiling.aggregation import TiledDenoiser
 from stablesr.weights.keymap_unet import encoder_config_from_ldm, unet_config_from_ldm
 from stablesr.weights.keymap_vae import vae_config_from_ldm
 from stablesr.weights.loading import Parts, build_sr_module, build_unet, build_vae, make_scheduler
@@ -54,74 +57,72 @@ def recorder(store: list):
 
 
 ALPHAS_CUMPROD = torch.cumprod(1 - betas_scaled_linear(), 0)
+META = load_meta()
 
 
+@pytest.mark.parametrize("step", [s for s in canvas_steps(META) if s.tiles[0].endswith(".eps")], ids=ids)
 @torch.no_grad()
-def test_e_per_tile_network_outputs(parity_cases, parity_meta, sft_unet):
+def test_e_per_tile_network_outputs(parity_cases, sft_unet, step):
     cases = parity_cases
-    context = cases["b.context"]
-    for k, window in enumerate(parity_meta["canvas_e"]["tiles_in_official_order"]):
-        crop = (slice(None), slice(None), slice(window["y0"], window["y1"]), slice(window["x0"], window["x1"]))
-        out = sft_unet(cases["e.x_t"][crop], torch.tensor([666]), context, cases["e.lr_latent"][crop])
-        assert_close_scaled(out, cases[f"e.ddpm.N4.i2.tile{k:02d}.eps"], SINGLE, f"e tile {k}")
+    t = step.t
+    if t < 0:  # a DDIM step that leaves the timestep to the schedule
+        t = int(ddim_schedule(ALPHAS_CUMPROD, step.steps, eta=step.eta, grid="official").timesteps[step.index])
+    windows = canvas(META, "canvas_e").windows
+    assert len(windows) == len(step.tiles)
+    for (y0, y1, x0, x1), name in zip(windows, step.tiles):
+        crop = (slice(None), slice(None), slice(y0, y1), slice(x0, x1))
+        out = sft_unet(cases["e.x_t"][crop], torch.tensor([t]), cases["b.context"], cases["e.lr_latent"][crop])
+        assert_close_scaled(out, cases[name], SINGLE, name)
 
 
+def chain_model(sft_unet, cases, chain):
+    """model(x_t, t): the SFT UNet on the whole latent, or aggregated over the chain's tiles."""
+    negative = cases[chain.negative_context] if chain.guidance_scale != 1.0 else None
+    tile_fn = make_guided_tile_fn(sft_unet, cases[chain.context], negative, chain.guidance_scale)
+    if chain.tile_size is None:
+        return lambda x, t: tile_fn(x, cases[chain.lr_latent], t)
+    return TiledDenoiser(tile_fn, cases[chain.lr_latent], tile_size=chain.tile_size, tile_overlap=chain.tile_overlap,
+                         batch_size=chain.tile_batch_size, faithful=True)
+
+
+@pytest.mark.parametrize("chain", chains(META), ids=ids)
 @torch.no_grad()
-def test_h1_ddpm_chain_untiled(parity_cases, sft_unet):
+def test_h_complete_chains(parity_cases, sft_unet, chain):
+    """DDPM / DDIM runs, untiled or tiled, replaying the official noise tape (noise.000 makes x_T)."""
     cases = parity_cases
-    lr, context = cases["a.lr_latent_32"], cases["b.context"]
-    x_T = q_sample(lr, ALPHAS_CUMPROD[999].item(), cases["h1.noise.000"])
-    assert_close_scaled(x_T, cases["h1.x_T"], SINGLE, "h1.x_T")
-    steps = []
-    final = sample_ddpm(lambda x, t: sft_unet(x, torch.tensor([t]), context, lr), cases["h1.x_T"],
-                        respaced_schedule(betas_scaled_linear(), 4, faithful=True), prediction_type="epsilon",
-                        noise_sampler=tape(cases, "h1", 1), callback=recorder(steps))
-    for k, (x, _) in enumerate(steps):
-        assert_close_scaled(x, cases[f"h1.step{k}.x_out"], CHAIN, f"h1.step{k}")
-    assert_close_scaled(final, cases["h1.final"], CHAIN, "h1.final")
-
-
-def canvas_denoiser(sft_unet, cases, *, guidance_scale=1.0):
-    tile_fn = make_guided_tile_fn(sft_unet, cases["b.context"],
-                                  cases["e.neg_context"] if guidance_scale != 1.0 else None, guidance_scale)
-    return TiledDenoiser(tile_fn, cases["e.lr_latent"], tile_size=32, tile_overlap=16, batch_size=1,
-                         faithful_weights=True)
-
-
-@torch.no_grad()
-def test_h2_ddpm_chain_canvas(parity_cases, sft_unet):
-    cases = parity_cases
-    steps = []
-    final = sample_ddpm(canvas_denoiser(sft_unet, cases), cases["h2.x_T"],
-                        respaced_schedule(betas_scaled_linear(), 4, faithful=True), prediction_type="epsilon",
-                        noise_sampler=tape(cases, "h2", 1), callback=recorder(steps))
-    for k, (x, _) in enumerate(steps):
-        assert_close_scaled(x, cases[f"h2.step{k}.x_out"], CHAIN, f"h2.step{k}")
-    assert_close_scaled(final, cases["h2.final"], CHAIN, "h2.final")
-
-
-@pytest.mark.parametrize("case, eta, guidance_scale", [("h3", 0.0, 1.0), ("h4", 1.0, 7.0)])
-@torch.no_grad()
-def test_h3_h4_ddim_chain_canvas(parity_cases, sft_unet, case, eta, guidance_scale):
-    cases = parity_cases
-    steps = []
-    final = sample_ddim(canvas_denoiser(sft_unet, cases, guidance_scale=guidance_scale), cases[f"{case}.noise.000"],
-                        ddim_schedule(ALPHAS_CUMPROD, 4, eta=eta, grid="official"), prediction_type="epsilon",
-                        noise_sampler=tape(cases, case, 1), callback=recorder(steps))
+    if chain.x_T is not None:  # x_T = q_sample(lr, alpha_bar_999, noise.000), stored
+        x_T = q_sample(cases[chain.lr_latent], ALPHAS_CUMPROD[-1].item(), cases[f"{chain.name}.noise.000"])
+        assert_close_scaled(x_T, cases[chain.x_T], SINGLE, chain.x_T)
+        x_T = cases[chain.x_T]
+    else:
+        x_T = cases[f"{chain.name}.noise.000"]
+    denoiser = EpsDenoiser(chain_model(sft_unet, cases, chain))
+    steps, noise = [], tape(cases, chain.name, 1)
+    if chain.sampler == "ddpm":
+        schedule = respaced_schedule(betas_scaled_linear(), chain.steps, faithful=True)
+        final = sample_ddpm(denoiser, x_T, schedule, noise_sampler=noise, callback=recorder(steps))
+    else:
+        schedule = ddim_schedule(ALPHAS_CUMPROD, chain.steps, eta=chain.eta, grid="official")
+        final = sample_ddim(denoiser, x_T, schedule, noise_sampler=noise, callback=recorder(steps))
+    assert len(steps) == chain.steps == chain.num_draws - 1
     for k, (x, x0_pred) in enumerate(steps):
-        assert_close_scaled(x, cases[f"{case}.step{k}.x_prev"], CHAIN, f"{case}.step{k}.x_prev")
-        assert_close_scaled(x0_pred, cases[f"{case}.step{k}.pred_x0"], CHAIN, f"{case}.step{k}.pred_x0")
-    assert_close_scaled(final, cases[f"{case}.final"], CHAIN, f"{case}.final")
+        for record in chain.records:
+            name = f"{chain.name}.step{k}.{record}"
+            assert_close_scaled(x0_pred if record == "pred_x0" else x, cases[name], CHAIN, name)
+    assert_close_scaled(final, cases[f"{chain.name}.final"], CHAIN, f"{chain.name}.final")
 
 
+@pytest.mark.parametrize("case", end_to_end(META), ids=ids)
 @torch.no_grad()
-def test_i_end_to_end_pipeline(parity_cases, tiny_models):
+def test_i_end_to_end_pipeline(parity_cases, tiny_models, case):
     cases = parity_cases
     unet, sr_module, vae = tiny_models
     pipe = StableSRPipeline(unet=unet, sr_module=sr_module, vae=vae, scheduler=make_scheduler("epsilon"),
                             prompt_embeds=PromptEmbeddings.from_tensors({"null": cases["b.context"]}, {"null": ""}))
-    image = (cases["i.lr_image"] + 1) / 2  # the pipeline takes [0, 1]
-    out = pipe(image, upscale=4, num_inference_steps=4, sampler="ddpm", fidelity=0.5, color_fix="wavelet",
-               tile_size=16, tile_overlap=8, tile_batch_size=1, vae_tile_size=1024, start="lr", faithful=True,
-               noise_sampler=tape(cases, "i", 0), output_type="pt", progress=False).images
-    assert_close_scaled(out, cases["i.im_sr"], CHAIN, "i.im_sr")
+    image = (cases[f"{case.name}.lr_image"] + 1) / 2  # the fixture's LR is in [-1, 1]; the pipeline takes [0, 1]
+    assert case.canvas.latent_hw == tuple(cases[f"{case.name}.samples"].shape[-2:])
+    settings = UpscaleSettings(upscale=case.upscale, num_inference_steps=case.steps, sampler="ddpm",
+                               fidelity=case.fidelity, color_fix=case.color_fix, tile_size=case.canvas.tile_size,
+                               tile_overlap=case.canvas.tile_overlap, tile_batch_size=1, start="lr", faithful=True)
+    out = pipe(image, settings, noise_sampler=tape(cases, case.name, 0), progress=False).images
+    assert_close_scaled(out, cases[f"{case.name}.im_sr"], CHAIN, f"{case.name}.im_sr")

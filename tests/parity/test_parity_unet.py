@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from fixture_cases import debug_taps, encoder_cases, ids, load_meta, tensor_names, unet_cases
 
 from conftest import assert_close_scaled
 from stablesr.models.sft_unet import SFTUNet, StableSRModule
@@ -23,21 +24,11 @@ from stablesr.weights.keymap_unet import (
 )
 
 TOLERANCE = 1e-4
-# case name -> (lr latent, timestep) inputs of case a; case b reuses them with its x_t and context
-ENCODER_CASES = {
-    "enc_32_t999": ("lr_latent_32", "t_999", (32, 16, 8, 4)),
-    "enc_32_t500": ("lr_latent_32", "t_500", (32, 16, 8, 4)),
-    "enc_24x40_t250": ("lr_latent_24x40", "t_250", (40, 20, 10, 5)),
-    "enc_b2_16": ("lr_latent_b2_16", "t_b2", (16, 8, 4, 2)),
-}
-UNET_CASES = {
-    "eps_32_t999": ("x_t_32", "context", "enc_32_t999"),
-    "eps_32_t500": ("x_t_32", "context", "enc_32_t500"),
-    "eps_24x40_t250": ("x_t_24x40", "context", "enc_24x40_t250"),
-    "eps_b2_16": ("x_t_b2_16", "context_b2", "enc_b2_16"),
-}
-# official debug tap -> our module whose forward output is the same tensor
-TAPS = {
+META = load_meta()
+ENCODER_CASES = {case.name: case for case in encoder_cases(META)}
+# official debug tap -> our module whose forward output is the same tensor (the name map is ours; the
+# taps to check come from the fixture)
+TAP_MODULES = {
     "time_embed": "unet.time_embedding",
     "input_blocks.1.0.spade": "sr_module.sft_layers.0",
     "input_blocks.1.0": "unet.down_blocks.0.resnets.0",
@@ -67,38 +58,36 @@ def _check(actual, expected, name, record_property) -> None:
     record_property(name, ratio)
 
 
-@pytest.mark.parametrize("case", ENCODER_CASES)
+@pytest.mark.parametrize("case", encoder_cases(META), ids=ids)
 def test_time_aware_encoder(model, parity_cases, case, record_property):
-    lr_name, t_name, widths = ENCODER_CASES[case]
     with torch.no_grad():
-        cond_feats = model.sr_module.encoder(parity_cases[f"a.{lr_name}"], parity_cases[f"a.{t_name}"])
-    assert tuple(cond_feats) == widths
+        cond_feats = model.sr_module.encoder(parity_cases[f"a.{case.lr_latent}"], parity_cases[f"a.{case.t}"])
+    assert tuple(cond_feats) == case.widths
     for width, feat in cond_feats.items():
-        _check(feat, parity_cases[f"a.{case}.{width}"], f"a.{case}.{width}", record_property)
+        _check(feat, parity_cases[f"a.{case.name}.{width}"], f"a.{case.name}.{width}", record_property)
 
 
-def test_encoder_time_embedding_tap(model, parity_cases, record_property):
+@pytest.mark.parametrize("name", [n for n in tensor_names(META) if n.endswith(".time_embed_out")])
+def test_encoder_time_embedding_tap(model, parity_cases, name, record_property):
     encoder = model.sr_module.encoder
+    t_name = ENCODER_CASES[name.split(".")[1]].t
     with torch.no_grad():
-        temb = encoder.time_embedding(encoder.time_proj(parity_cases["a.t_999"]))
-    _check(temb, parity_cases["a.enc_32_t999.time_embed_out"], "a.enc_32_t999.time_embed_out", record_property)
+        temb = encoder.time_embedding(encoder.time_proj(parity_cases[f"a.{t_name}"]))
+    _check(temb, parity_cases[name], name, record_property)
 
 
-@pytest.mark.parametrize("case", UNET_CASES)
+@pytest.mark.parametrize("case", unet_cases(META), ids=ids)
 def test_unet_with_sft(model, parity_cases, case, record_property):
-    x_name, context_name, encoder_case = UNET_CASES[case]
-    lr_name, t_name, _ = ENCODER_CASES[encoder_case]
+    lr_name = ENCODER_CASES[case.encoder_case].lr_latent
     with torch.no_grad():
-        eps = model(
-            parity_cases[f"b.{x_name}"],
-            parity_cases[f"a.{t_name}"],
-            parity_cases[f"b.{context_name}"],
-            parity_cases[f"a.{lr_name}"],
-        )
-    _check(eps, parity_cases[f"b.{case}"], f"b.{case}", record_property)
+        eps = model(parity_cases[f"b.{case.x_t}"], parity_cases[f"a.{case.t}"], parity_cases[f"b.{case.context}"],
+                    parity_cases[f"a.{lr_name}"])
+    _check(eps, parity_cases[f"b.{case.name}"], f"b.{case.name}", record_property)
 
 
-def test_debug_taps(model, parity_cases, record_property):
+@pytest.mark.parametrize("case", [c for c in unet_cases(META) if c.name in debug_taps(META)], ids=ids)
+def test_debug_taps(model, parity_cases, case, record_property):
+    taps, prefix = debug_taps(META)[case.name], "b.tap_" + case.name.removeprefix("eps_")
     captured = {}
 
     def capture(tap: str):
@@ -107,11 +96,11 @@ def test_debug_taps(model, parity_cases, record_property):
 
         return hook
 
-    handles = [model.get_submodule(path).register_forward_hook(capture(tap)) for tap, path in TAPS.items()]
+    handles = [model.get_submodule(TAP_MODULES[tap]).register_forward_hook(capture(tap)) for tap in taps]
     with torch.no_grad():
-        inputs = ("b.x_t_32", "a.t_999", "b.context", "a.lr_latent_32")
-        model(*(parity_cases[name] for name in inputs))
+        model(parity_cases[f"b.{case.x_t}"], parity_cases[f"a.{case.t}"], parity_cases[f"b.{case.context}"],
+              parity_cases[f"a.{ENCODER_CASES[case.encoder_case].lr_latent}"])
     for handle in handles:
         handle.remove()
-    for tap in TAPS:
-        _check(captured[tap], parity_cases[f"b.tap_32_t999.{tap}"], f"b.tap_32_t999.{tap}", record_property)
+    for tap in taps:
+        _check(captured[tap], parity_cases[f"{prefix}.{tap}"], f"{prefix}.{tap}", record_property)

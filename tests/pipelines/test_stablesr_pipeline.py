@@ -1,5 +1,6 @@
 """StableSRPipeline on a tiny seeded model: sizes, determinism, option effects, save/load identity."""
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -100,3 +101,85 @@ def test_v_prediction_model_runs_through_the_same_sampler(lr_image):
     eps = run(make_tiny_pipeline(0), lr_image)
     v = run(pipe, lr_image)
     assert (v - eps).abs().max() > 1e-4
+
+
+MODEL_DEFAULTS = {"num_inference_steps": 2, "sampler": "ddim", "tile_size": 16, "tile_overlap": 8,
+                  "color_fix": "none", "fidelity": 1.0}
+
+
+@pytest.fixture(scope="module")
+def model_dir_with_defaults(tmp_path_factory, tiny_model_dir):
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("with-defaults") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "upscale_defaults.json").write_text(json.dumps(MODEL_DEFAULTS))
+    return folder
+
+
+def test_official_folder_without_defaults_keeps_the_paper_defaults(tiny_model_dir):
+    from stablesr.configs import UpscaleSettings
+    from stablesr.weights.loading import load_pipeline
+
+    pipe = load_pipeline(tiny_model_dir)
+    assert pipe.upscale_defaults == {}
+    settings = pipe.resolve_settings()
+    assert settings.num_inference_steps == 200 and settings.sampler == "ddpm" and settings.color_fix == "wavelet"
+    assert settings == UpscaleSettings(fidelity=0.5, min_size=64 * pipe.vae_scale_factor)
+
+
+def test_model_defaults_are_used_unless_the_caller_overrides(model_dir_with_defaults, lr_image):
+    from stablesr.configs import UpscaleSettings
+    from stablesr.pipelines.stablesr import StableSRPipeline
+    from stablesr.weights.loading import load_pipeline
+
+    pipe = load_pipeline(model_dir_with_defaults)
+    assert pipe.upscale_defaults == MODEL_DEFAULTS
+    assert StableSRPipeline.from_pretrained(model_dir_with_defaults).upscale_defaults == MODEL_DEFAULTS
+    settings = pipe.resolve_settings()
+    assert (settings.num_inference_steps, settings.sampler, settings.tile_size) == (2, "ddim", 16)
+    assert settings.fidelity == 1.0
+    assert pipe.resolve_settings(num_inference_steps=3, preset="turbo").num_inference_steps == 3
+    assert pipe.resolve_settings(preset="turbo").sampler == "ddpm"  # the preset beats the model default
+
+    generator = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    implicit = pipe(lr_image, generator=generator(), output_type="pt", progress=False).images
+    explicit = pipe(lr_image, UpscaleSettings(**MODEL_DEFAULTS), generator=generator(), output_type="pt",
+                    progress=False).images
+    assert torch.equal(implicit, explicit)
+    overridden = pipe(lr_image, color_fix="wavelet", generator=generator(), output_type="pt", progress=False).images
+    assert (overridden - implicit).abs().max() > 1e-4
+
+
+def test_save_pretrained_keeps_the_model_defaults(model_dir_with_defaults, tmp_path):
+    from stablesr.weights.loading import load_pipeline
+
+    load_pipeline(model_dir_with_defaults).save_pretrained(tmp_path / "again")
+    assert load_pipeline(tmp_path / "again").upscale_defaults == MODEL_DEFAULTS
+
+
+def test_settings_object_and_options_are_not_mixed(tiny_pipeline, lr_image):
+    from stablesr.configs import UpscaleSettings
+
+    with pytest.raises(StableSRError, match="either a settings object or keyword options"):
+        tiny_pipeline(lr_image, UpscaleSettings(), num_inference_steps=2)
+
+
+def test_a_vae_tile_size_that_is_not_a_multiple_of_64_runs_tiled(tiny_pipeline, lr_image):
+    out = run(tiny_pipeline, lr_image, vae_tile_size=72)  # encode tiles 72 px with 8 px overlap; was 9 (refused)
+    assert out.shape == (1, 3, 160, 224) and torch.isfinite(out).all()
+
+
+def test_the_output_is_the_same_kind_as_the_input(tiny_pipeline):
+    rgb = np.random.default_rng(5).integers(0, 256, (10, 14, 3), dtype=np.uint8)
+    options = dict(num_inference_steps=2, tile_size=16, tile_overlap=8, progress=False)
+    as_array = tiny_pipeline(rgb.astype(np.float32) / 255, generator=torch.Generator().manual_seed(0), **options)
+    as_tensor = tiny_pipeline(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255,
+                              generator=torch.Generator().manual_seed(0), **options)
+    as_pil = tiny_pipeline(Image.fromarray(rgb), generator=torch.Generator().manual_seed(0), **options)
+    assert isinstance(as_array.images, np.ndarray) and as_array.images.shape == (1, 40, 56, 3)
+    assert torch.is_tensor(as_tensor.images) and as_tensor.images.shape == (1, 3, 40, 56)
+    assert isinstance(as_pil.images[0], Image.Image)
+    assert np.array_equal(as_array.images[0], as_tensor.images[0].permute(1, 2, 0).numpy())
+    assert np.array_equal(np.asarray(as_pil.images[0]), (as_array.images[0] * 255).round().astype(np.uint8))

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_METRICS = "psnr,ssim,niqe,brisque,lpips,lpips_vgg,dists,fid,clipiqa,musiq,maniqa"
 BASELINE = "niqe"
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def photo_like(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A smooth random (H, W, 3) uint8 image with texture, and a noisy copy of it (the 'prediction')."""
+    import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -55,6 +58,7 @@ def build_metric(name: str, device) -> Callable[[np.ndarray, np.ndarray], float]
 
 
 def _pair_tensors(sr: np.ndarray, gt: np.ndarray, device):
+    import numpy as np
     import torch
 
     # (H, W, 3) uint8 -> (1, 3, H, W) in [0, 1]

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 SIZES = ("sd21", "tiny")
 
 
@@ -61,8 +59,16 @@ def timed(fn, device, repeats: int) -> tuple[float, float]:
     return elapsed, memory.peak_mb
 
 
-@torch.no_grad()
 def bench_dtype(models, dtype, device, image_size: int, steps: int, seed: int) -> dict:
+    import torch
+
+    with torch.no_grad():
+        return _bench_dtype(models, dtype, device, image_size, steps, seed)
+
+
+def _bench_dtype(models, dtype, device, image_size: int, steps: int, seed: int) -> dict:
+    import torch
+
     from stablesr.models.sft_unet import SFTUNet
 
     unet, sr_module, vae = (m.to(device=device, dtype=dtype).eval() for m in models)
@@ -86,6 +92,8 @@ def bench_dtype(models, dtype, device, image_size: int, steps: int, seed: int) -
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from stablesr.cli.common import resolve_device
 
     device = resolve_device(args.device)

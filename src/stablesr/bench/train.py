@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 SIZES = ("sd21", "tiny")
 
@@ -26,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def random_pipeline(size: str):
+    import torch
+
     from stablesr.bench.models import build_random_models
     from stablesr.models.text_encoder import PromptEmbeddings
     from stablesr.pipelines.stablesr import StableSRPipeline
@@ -39,6 +43,8 @@ def random_pipeline(size: str):
 
 def bench_precision(args: argparse.Namespace, precision: str, device: torch.device) -> tuple[float, float]:
     """(steps per second, peak MB) for one mixed-precision setting."""
+    import torch
+
     from stablesr.bench.memory import PeakMemory, synchronize
     from stablesr.training.config import StableSRTrainConfig, config_from_dict
     from stablesr.training.stablesr_trainer import StableSRTrainer
@@ -64,6 +70,7 @@ def bench_precision(args: argparse.Namespace, precision: str, device: torch.devi
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from accelerate.state import AcceleratorState
 
     from stablesr.cli.common import resolve_device

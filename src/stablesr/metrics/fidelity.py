@@ -19,6 +19,8 @@ from typing import Literal
 import numpy as np
 from scipy.ndimage import correlate1d
 
+from stablesr.data.ops import gaussian_kernel_1d
+
 Channel = Literal["y", "rgb"]
 
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
@@ -29,13 +31,6 @@ _SSIM_C2 = (0.03 * 255.0) ** 2
 def rgb_to_y_bt601(rgb: np.ndarray) -> np.ndarray:
     """Luma of BT.601 YCbCr: (H, W, 3) RGB in 0..255 -> (H, W) float64 Y in 16..235."""
     return 16.0 + np.asarray(rgb, dtype=np.float64) @ _Y_WEIGHTS
-
-
-def gaussian_kernel_1d(size: int, sigma: float) -> np.ndarray:
-    """Normalised 1-D Gaussian taps centred on the middle tap (as MATLAB fspecial / cv2)."""
-    offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
-    taps = np.exp(-(offsets**2) / (2 * sigma**2))
-    return taps / taps.sum()
 
 
 def prepare_pair(
@@ -69,7 +64,7 @@ def psnr(pred: np.ndarray, gt: np.ndarray, *, crop_border: int = 0, channel: Cha
 
 def ssim_map(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """SSIM index map of two (H, W) float64 planes (0..255): (H - 10, W - 10), 'valid' windows."""
-    taps = gaussian_kernel_1d(11, 1.5)
+    taps = gaussian_kernel_1d(11, 1.5).numpy()  # (11,) float64, as MATLAB fspecial / cv2
 
     def blur(plane: np.ndarray) -> np.ndarray:
         full = correlate1d(correlate1d(plane, taps, axis=0), taps, axis=1)

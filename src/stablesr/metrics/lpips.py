@@ -15,14 +15,13 @@ give or from `$TORCH_HOME/hub/checkpoints/` and never downloaded. The linear hea
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
 
-from stablesr.errors import WeightsNotFoundError
+from stablesr.weights.cache import find_weights
 
 Backbone = Literal["alex", "vgg"]
 
@@ -59,21 +58,12 @@ def vgg16_features() -> nn.Sequential:
 
 
 def find_backbone_file(backbone: Backbone, path: str | Path | None, *, metric: str | None = None) -> Path:
-    """The ImageNet backbone file: `path` (a file or a folder holding it) or the torch hub cache.
+    """The ImageNet backbone file: `path` (a file or a folder holding it) or the hub cache (weights/cache.py).
 
     `metric` names the caller in the error (default 'LPIPS-alex' / 'LPIPS-vgg').
     """
-    name = BACKBONE_FILES[backbone]
-    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-    candidates = [Path(path), Path(path) / name] if path is not None else []
-    candidates.append(torch_home / "hub" / "checkpoints" / name)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise WeightsNotFoundError(
-        f"{metric or 'LPIPS-' + backbone} needs torchvision's ImageNet weights {name}; put the file in "
-        f"{torch_home / 'hub' / 'checkpoints'} or pass its path (nothing is downloaded)"
-    )
+    return find_weights(BACKBONE_FILES[backbone], path, cache="checkpoints",
+                        needed_by=f"{metric or 'LPIPS-' + backbone} needs torchvision's ImageNet weights")
 
 
 class LPIPS(nn.Module):

@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stablesr.errors import CheckpointMismatchError, WeightsNotFoundError
+from stablesr.errors import CheckpointMismatchError
 from stablesr.metrics.vit import FeedForward, VisionTransformer
+from stablesr.weights.cache import find_weights
 from stablesr.weights.io import load_state_dict
 
 Variant = Literal["koniq", "kadid", "pipal"]
@@ -315,18 +316,11 @@ class MANIQA(nn.Module):
 
 
 def find_checkpoint(variant: Variant, path: str | Path | None) -> Path:
-    """The checkpoint file: `path` itself, `path/<file name>`, or `<torch hub dir>/pyiqa/<file name>`."""
+    """The checkpoint file: `path` itself, `path/<file name>`, or pyiqa's hub cache (weights/cache.py)."""
     if variant not in CHECKPOINTS:
         raise ValueError(f"unknown MANIQA variant {variant!r}; use one of {', '.join(CHECKPOINTS)}")
-    name = CHECKPOINTS[variant][0]
-    cache = Path(torch.hub.get_dir()) / "pyiqa"
-    candidates = [Path(path), Path(path) / name] if path is not None else [cache / name]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    where = f"at {path}" if path is not None else f"in pyiqa's cache {cache}"
-    raise WeightsNotFoundError(f"MANIQA-{variant} needs its checkpoint {name}, not found {where}; put the file "
-                               f"in {cache} or pass its path (nothing is downloaded)")
+    return find_weights(CHECKPOINTS[variant][0], path, cache="pyiqa",
+                        needed_by=f"MANIQA-{variant} needs its checkpoint")
 
 
 def check_keys(model: nn.Module, state: dict[str, torch.Tensor], file: Path) -> None:

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stablesr.errors import CheckpointMismatchError, WeightsNotFoundError
+from stablesr.errors import CheckpointMismatchError
+from stablesr.weights.cache import find_weights
 from stablesr.weights.io import load_state_dict
 
 Dataset = Literal["koniq", "spaq", "ava", "paq2piq"]
@@ -358,18 +359,10 @@ class MUSIQ(nn.Module):
 
 
 def find_weights_file(path: str | Path | None = None, *, dataset: Dataset = "koniq") -> Path:
-    """`path` (the file, or a folder holding it), else pyiqa's cache folder torch.hub.get_dir()/pyiqa."""
-    name = WEIGHTS_FILES[dataset]
-    cache = Path(torch.hub.get_dir()) / "pyiqa"
-    candidates = [Path(path), Path(path) / name] if path is not None else []
-    candidates.append(cache / name)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise WeightsNotFoundError(
-        f"MUSIQ ({dataset}) needs pyiqa's checkpoint {name} (Hugging Face repo chaofengc/IQA-PyTorch-Weights); "
-        f"put it in {cache} or pass its path (nothing is downloaded)"
-    )
+    """`path` (the file, or a folder holding it), else pyiqa's hub cache (weights/cache.py)."""
+    return find_weights(WEIGHTS_FILES[dataset], path, cache="pyiqa",
+                        needed_by=f"MUSIQ ({dataset}) needs pyiqa's checkpoint (Hugging Face repo "
+                                  "chaofengc/IQA-PyTorch-Weights)")
 
 
 @torch.no_grad()

@@ -54,11 +54,21 @@ def empty_prompt_tokens(context_length: int = 77) -> torch.Tensor:
     return known_prompt_tokens("", context_length)
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x), OpenAI CLIP's activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}  # OpenCLIP ViT-H/14 : OpenAI CLIP
+
+
 class MLP(nn.Module):
-    def __init__(self, width: int, hidden: int) -> None:
+    def __init__(self, width: int, hidden: int, activation: str = "gelu") -> None:
         super().__init__()
         self.c_fc = nn.Linear(width, hidden)
-        self.gelu = nn.GELU()
+        self.gelu = ACTIVATIONS[activation]()
         self.c_proj = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,14 +76,14 @@ class MLP(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); causal mask."""
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); causal mask. (B, L, W) -> (B, L, W)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, activation: str = "gelu") -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(width)
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ln_2 = nn.LayerNorm(width)
-        self.mlp = MLP(width, int(width * mlp_ratio))
+        self.mlp = MLP(width, int(width * mlp_ratio), activation)
 
     def forward(self, x: torch.Tensor, causal_mask: torch.Tensor) -> torch.Tensor:
         h = self.ln_1(x)
@@ -82,9 +92,20 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class TransformerStack(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int) -> None:
+    """CLIP's causal text transformer (OpenAI and OpenCLIP share it; the `resblocks.N` key layout of both)."""
+
+    def __init__(self, width: int, layers: int, heads: int, activation: str = "gelu") -> None:
         super().__init__()
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, activation=activation)
+                                       for _ in range(layers))
+
+    def forward(self, x: torch.Tensor, layers: int | None = None) -> torch.Tensor:
+        """(B, L, W) -> the hidden states after the first `layers` blocks (all by default), (B, L, W)."""
+        length = x.shape[1]
+        causal_mask = torch.full((length, length), float("-inf"), device=x.device, dtype=x.dtype).triu_(1)
+        for block in self.resblocks[:layers]:
+            x = block(x, causal_mask)
+        return x
 
 
 class OpenCLIPTextEncoder(ModelMixin, ConfigMixin):
@@ -108,11 +129,8 @@ class OpenCLIPTextEncoder(ModelMixin, ConfigMixin):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         length = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[:length]  # (B, L, width)
-        causal_mask = torch.full((length, length), float("-inf"), device=x.device, dtype=x.dtype).triu_(1)
         used = len(self.transformer.resblocks) - self.config.skip_last_layers
-        for block in self.transformer.resblocks[:used]:
-            x = block(x, causal_mask)
-        return self.ln_final(x)
+        return self.ln_final(self.transformer(x, used))
 
 
 class PromptEmbeddings(ModelMixin, ConfigMixin):

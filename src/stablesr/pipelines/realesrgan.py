@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from stablesr.models.rrdbnet import RRDBNet
+from stablesr.tiling.canvas import BlendCanvas
+from stablesr.tiling.grid import padded_windows
+from stablesr.tiling.weights import linear_fade, separable
 from stablesr.weights.realesrgan import load_realesrgan
 
 
@@ -88,53 +91,16 @@ class RealESRGANUpscaler:
         """
         scale = self.model.scale
         batch, _, height, width = lr_image.shape
-        out_channels = self.model.conv_last.out_channels
-        sr_image = torch.zeros(batch, out_channels, height * scale, width * scale,
-                               device=self.device, dtype=torch.float32)
-        weight_sum = torch.zeros(1, 1, height * scale, width * scale, device=self.device, dtype=torch.float32)
-        windows = tile_windows(height, width, tile_size=self.tile_size, tile_pad=self.tile_pad)
-        for _, (py0, py1, px0, px1) in tqdm(windows, desc="Real-ESRGAN tiles", disable=not progress):
-            tile_out = self.model(lr_image[..., py0:py1, px0:px1]).float()  # (B, 3, 4*(py1-py0), 4*(px1-px0))
-            rows = fade_weights(py1 - py0, scale, self.tile_pad * scale, fade_start=py0 > 0, fade_end=py1 < height)
-            cols = fade_weights(px1 - px0, scale, self.tile_pad * scale, fade_start=px0 > 0, fade_end=px1 < width)
-            weight = rows[:, None] * cols[None, :]  # (4h, 4w)
-            region = (..., slice(py0 * scale, py1 * scale), slice(px0 * scale, px1 * scale))
-            sr_image[region] += tile_out * weight
-            weight_sum[region] += weight
-        return (sr_image / weight_sum).to(self.dtype)
-
-
-def fade_weights(length: int, scale: int, pad: int, *, fade_start: bool, fade_end: bool) -> torch.Tensor:
-    """(length * scale,) weights: 1 inside; on a faded side 0 over pad / 2, then a ramp over pad (output px).
-
-    `fade_weights(4, 1, 2, fade_start=True, fade_end=False)` -> [0, 0.25, 0.75, 1].
-    """
-    size = length * scale
-    position = torch.arange(size, dtype=torch.float64) + 0.5
-    weight = torch.ones(size, dtype=torch.float64)
-    if pad > 0 and fade_start:
-        weight = torch.minimum(weight, ((position - pad / 2) / pad).clamp(min=0))
-    if pad > 0 and fade_end:
-        weight = torch.minimum(weight, ((size - position - pad / 2) / pad).clamp(min=0))
-    return weight.float()
-
-
-def tile_windows(height: int, width: int, *, tile_size: int, tile_pad: int) -> list[tuple[tuple, tuple]]:
-    """((y0, y1, x0, x1) kept region, (py0, py1, px0, px1) padded input window) for each tile.
-
-    `tile_windows(5, 3, tile_size=4, tile_pad=1)` ->
-    [((0, 4, 0, 3), (0, 5, 0, 3)), ((4, 5, 0, 3), (3, 5, 0, 3))].
-    """
-    tile_h = tile_size or height
-    tile_w = tile_size or width
-    windows = []
-    for y0 in range(0, height, tile_h):
-        for x0 in range(0, width, tile_w):
-            y1, x1 = min(y0 + tile_h, height), min(x0 + tile_w, width)
-            padded = (max(y0 - tile_pad, 0), min(y1 + tile_pad, height),
-                      max(x0 - tile_pad, 0), min(x1 + tile_pad, width))
-            windows.append(((y0, y1, x0, x1), padded))
-    return windows
+        canvas = BlendCanvas((batch, self.model.conv_last.out_channels, height * scale, width * scale),
+                             dtype=torch.float32, device=self.device)
+        windows = padded_windows(height, width, tile_size=self.tile_size, tile_pad=self.tile_pad)
+        for _, padded in tqdm(windows, desc="Real-ESRGAN tiles", disable=not progress):
+            tile_out = self.model(lr_image[..., padded.rows, padded.cols]).float()  # (B, 3, 4h, 4w)
+            pad = self.tile_pad * scale
+            rows = linear_fade(padded.height * scale, pad, fade_in=padded.y0 > 0, fade_out=padded.y1 < height)
+            cols = linear_fade(padded.width * scale, pad, fade_in=padded.x0 > 0, fade_out=padded.x1 < width)
+            canvas.add(padded.scaled(scale), tile_out, separable(rows.float(), cols.float()))  # float32 (4h, 4w)
+        return canvas.result().to(self.dtype)
 
 
 def check_image(image: torch.Tensor) -> None:

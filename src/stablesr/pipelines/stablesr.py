@@ -11,26 +11,38 @@ w -> `fidelity`; Gaussian aggregation -> `TiledDenoiser`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
 from stablesr.color_fix import apply_color_fix
-from stablesr.configs import ColorFix, Sampler, Start
+from stablesr.configs import UpscaleSettings
 from stablesr.errors import StableSRError
-from stablesr.imaging import image_to_tensor, postprocess_sr, preprocess_lr
+from stablesr.image_processor import (
+    ImageInput,
+    OutputType,
+    input_kind,
+    postprocess_images,
+    preprocess_images,
+    to_model_range,
+    to_unit_range,
+)
+from stablesr.imaging import postprocess_sr, preprocess_lr
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.models.sft_unet import SFTUNet, StableSRModule
 from stablesr.models.text_encoder import OFFICIAL_NEGATIVE_PROMPT, PromptEmbeddings, known_prompt_tokens
-from stablesr.sampling.samplers import default_noise_sampler, q_sample, sample_ddim, sample_ddpm
-from stablesr.sampling.schedules import betas_scaled_linear, ddim_schedule, respaced_schedule
-from stablesr.sampling.tiled_vae import decode_tiled, encode_tiled
-from stablesr.sampling.tiling import TiledDenoiser
+from stablesr.pipelines.base import SRPipeline
+from stablesr.sampling.chain import sample_chain
+from stablesr.sampling.samplers import default_noise_sampler
+from stablesr.sampling.schedules import betas_scaled_linear
+from stablesr.tiling.aggregation import TiledDenoiser
+from stablesr.tiling.vae import decode_tiled, encode_tiled
 
 NoiseSampler = Callable[[torch.Tensor], torch.Tensor]
 
@@ -68,7 +80,7 @@ def make_guided_tile_fn(sft_unet: SFTUNet, cond_embeds: torch.Tensor, uncond_emb
     return tile_fn
 
 
-class StableSRPipeline(DiffusionPipeline):
+class StableSRPipeline(SRPipeline):
     """Real-world super-resolution with a frozen SD prior.
 
     Components: `unet` (SD 2.x `UNet2DConditionModel`, frozen), `sr_module` (time-aware encoder +
@@ -77,6 +89,7 @@ class StableSRPipeline(DiffusionPipeline):
     optional `text_encoder` + `tokenizer` for custom prompts.
     """
 
+    settings_class = UpscaleSettings
     model_cpu_offload_seq = "sr_module->unet->vae"
     _optional_components = ["text_encoder", "tokenizer"]
 
@@ -116,83 +129,109 @@ class StableSRPipeline(DiffusionPipeline):
         hidden = self.text_encoder(tokens.to(device))
         return hidden if torch.is_tensor(hidden) else hidden.last_hidden_state
 
+    # ---------------------------------------------------------------- settings
+    def complete_settings(self, settings: UpscaleSettings) -> UpscaleSettings:
+        """Fill in fidelity (0.5 with trained CFW weights, else 0) and min_size (one latent tile), and
+        check the values that depend on this model."""
+        if settings.num_inference_steps > self.scheduler.config.num_train_timesteps:
+            settings.fail("num_inference_steps", f"must be <= {self.scheduler.config.num_train_timesteps}, "
+                                                 "the model's training timesteps")
+        if settings.fidelity is not None and settings.fidelity > 0 and not self.config.cfw_trained:
+            raise StableSRError("this model has no trained CFW fusion weights, so fidelity must be 0; "
+                                "convert with --cfw vqgan_cfw_00011.ckpt to enable it")
+        fidelity = settings.fidelity if settings.fidelity is not None else 0.5 if self.config.cfw_trained else 0.0
+        min_size = settings.min_size if settings.min_size is not None else settings.tile_size * self.vae_scale_factor
+        return replace(settings, fidelity=fidelity, min_size=min_size)
+
     # ---------------------------------------------------------------- main entry
     @torch.no_grad()
-    def __call__(self, image: PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor, *, upscale: float = 4.0,
-                 num_inference_steps: int = 200, sampler: Sampler = "ddpm", eta: float = 0.0,
-                 fidelity: float | None = None, color_fix: ColorFix = "wavelet", tile_size: int = 64,
-                 tile_overlap: int = 32, tile_batch_size: int = 4, vae_tile_size: int = 1024,
-                 min_size: int | None = None, start: Start = "lr", guidance_scale: float = 1.0, prompt: str = "",
-                 negative_prompt: str | None = None, faithful: bool = False,
+    def __call__(self, image: ImageInput,
+                 settings: UpscaleSettings | None = None, *, preset: str | None = None,
                  generator: torch.Generator | None = None, noise_sampler: NoiseSampler | None = None,
-                 output_type: str = "pil", progress: bool = True,
-                 callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> StableSROutput:
+                 output_type: OutputType | None = None, progress: bool = True,
+                 callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+                 **options) -> StableSROutput:
         """Super-resolve `image`.
 
-        image: PIL image(s), or a (B, 3, H, W) tensor in [0, 1]. Returns images of size
-        (round-down H * upscale, W * upscale). `noise_sampler(like) -> noise` (advanced) supplies
-        every random draw in order: the posterior sample, x_T, then one per step.
-        See `stablesr.configs.UpscaleSettings` for what every option means.
+        image: PIL image(s), a (B, 3, H, W) tensor or a (B, H, W, 3) array in [0, 1]. Returns the
+        same kind (or `output_type` 'pil' / 'pt' / 'np') in [0, 1], of size (round-down H * upscale,
+        W * upscale). `settings` (an `UpscaleSettings`) or keyword `options` (its field names, e.g.
+        `num_inference_steps=4`) choose the knobs; see `resolve_settings` for how they merge with the
+        model's defaults. `noise_sampler(like) -> noise` (advanced) supplies every random draw in
+        order: the posterior sample, x_T, then one per step.
         """
-        # 1. Check inputs
-        fidelity = self._check_inputs(upscale, num_inference_steps, sampler, eta, fidelity, tile_size, tile_overlap,
-                                      guidance_scale, output_type)
-        lr_images = self._to_tensor_batch(image)
+        # 1. Check inputs and settle the settings (once)
+        settings = self.resolve_settings(settings, preset=preset, **options)
+        output_type = output_type or input_kind(image)
+        if output_type not in ("pil", "pt", "np"):
+            raise StableSRError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
+        lr_images = preprocess_images(image)  # list of (1, 3, H, W) in [0, 1]
         noise_sampler = noise_sampler or default_noise_sampler(generator)
-        min_size = min_size if min_size is not None else tile_size * self.vae_scale_factor
 
         # 2. Encode prompts (cond = prompt; uncond = negative prompt, only with guidance)
-        cond_embeds = self.encode_prompt(prompt).to(self.device, self.unet.dtype)
+        cond_embeds = self.encode_prompt(settings.prompt).to(self.device, self.unet.dtype)
         uncond_embeds = None
-        if guidance_scale != 1.0:
-            negative = OFFICIAL_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+        if settings.guidance_scale != 1.0:
+            negative = OFFICIAL_NEGATIVE_PROMPT if settings.negative_prompt is None else settings.negative_prompt
             uncond_embeds = self.encode_prompt(negative).to(self.device, self.unet.dtype)
 
         sft_unet = SFTUNet(self.unet, self.sr_module)
         try:
-            outputs = [self._upscale_one(lr, sft_unet, cond_embeds, uncond_embeds, upscale=upscale,
-                                         min_size=min_size, steps=num_inference_steps, sampler=sampler, eta=eta,
-                                         fidelity=fidelity, color_fix=color_fix, tile_size=tile_size,
-                                         tile_overlap=tile_overlap, tile_batch_size=tile_batch_size,
-                                         vae_tile_size=vae_tile_size, start=start, guidance_scale=guidance_scale,
-                                         faithful=faithful, noise_sampler=noise_sampler, progress=progress,
+            tile_fn = make_guided_tile_fn(sft_unet, cond_embeds, uncond_embeds, settings.guidance_scale)
+            outputs = [self._upscale_one(lr, settings, tile_fn, noise_sampler=noise_sampler, progress=progress,
                                          callback=callback)
                        for lr in lr_images]
         finally:
             sft_unet.remove_hooks()
         self.maybe_free_model_hooks()
 
-        # 8. Convert the output
-        return StableSROutput(images=self._convert_output(outputs, output_type))
+        # 7. Convert the output
+        return StableSROutput(images=postprocess_images(outputs, output_type))
 
-    def _upscale_one(self, lr: torch.Tensor, sft_unet: SFTUNet, cond_embeds, uncond_embeds, *, upscale, min_size,
-                     steps, sampler, eta, fidelity, color_fix, tile_size, tile_overlap, tile_batch_size,
-                     vae_tile_size, start, guidance_scale, faithful, noise_sampler, progress, callback) -> torch.Tensor:
+    def _upscale_one(self, lr: torch.Tensor, settings: UpscaleSettings, tile_fn, *, noise_sampler: NoiseSampler,
+                     progress: bool, callback) -> torch.Tensor:
+        """Steps 3-6 for one (1, 3, H, W) image in [0, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU."""
         device, vae_dtype = self.device, self.vae.dtype
         scaling = self.vae.config.scaling_factor
 
-        # 3. Preprocess: [-1, 1], bicubic upscale (short side >= min_size), pad to a multiple of 8
-        pre = preprocess_lr(lr, upscale=upscale, min_size=min_size, multiple=self.vae_scale_factor)
+        # 3. Preprocess: to [-1, 1], bicubic upscale (short side >= min_size), pad to a multiple of 8
+        pre = preprocess_lr(to_model_range(lr), upscale=settings.upscale, min_size=settings.min_size,
+                            multiple=self.vae_scale_factor)
         lr_up = pre.image.to(device, vae_dtype)  # (1, 3, H, W)
 
         # 4. Encode the LR image: z_lr = scaling * sample(q(z | lr_up)), tiled for bounded memory
-        posterior = encode_tiled(self.vae, lr_up, tile_size=vae_tile_size, tile_overlap=vae_tile_size // 8)
+        encode_tile, encode_overlap = settings.vae_encode_tiles
+        posterior = encode_tiled(self.vae, lr_up, tile_size=encode_tile, tile_overlap=encode_overlap)
         lr_latent = (posterior.mean + posterior.std * noise_sampler(posterior.mean)) * scaling
         lr_latent = lr_latent.to(self.unet.dtype)  # (1, 4, H/8, W/8)
 
-        # 5. Schedule and starting latent x_T
+        # 5. Sample: x_T from the noised LR latent, then the sampler over aggregated latent tiles
+        model = TiledDenoiser(tile_fn, lr_latent, tile_size=settings.tile_size, tile_overlap=settings.tile_overlap,
+                              batch_size=settings.tile_batch_size, faithful=settings.faithful)
         betas = betas_scaled_linear(self.scheduler.config.num_train_timesteps, self.scheduler.config.beta_start,
                                     self.scheduler.config.beta_end)
-        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        if start == "lr":  # q(x_999 | z_lr) with the un-respaced table, as the official tile script
-            x_t = q_sample(lr_latent, alphas_cumprod[-1].item(), noise_sampler(lr_latent))
-        else:
-            x_t = noise_sampler(lr_latent)
+        with self._progress(settings.num_inference_steps, progress, callback) as on_step:
+            samples = sample_chain(model, lr_latent, betas, steps=settings.num_inference_steps,
+                                   prediction_type=self.prediction_type, noise_sampler=noise_sampler,
+                                   sampler=settings.sampler, eta=settings.eta, start=settings.start,
+                                   faithful=settings.faithful, callback=on_step)
+        if not torch.isfinite(samples).all():
+            raise NonFiniteOutputError(f"the sampled latent has NaN/Inf values in {self.unet.dtype}; retry in float32")
 
-        # 6. Denoise with aggregation sampling over latent tiles
-        tile_fn = make_guided_tile_fn(sft_unet, cond_embeds, uncond_embeds, guidance_scale)
-        denoiser = TiledDenoiser(tile_fn, lr_latent, tile_size=tile_size, tile_overlap=tile_overlap,
-                                 batch_size=tile_batch_size, faithful_weights=faithful)
+        # 6. Decode with CFW (encoder features of lr_up per tile), colour-fix, undo the padding
+        z = samples.to(vae_dtype) / scaling
+        decode_tile, decode_overlap = settings.vae_decode_tiles(self.vae_scale_factor)
+        decoded = decode_tiled(self.vae, z, tile_size=decode_tile, tile_overlap=decode_overlap,
+                               cond_image=lr_up if settings.fidelity > 0 else None, fidelity=settings.fidelity)
+        decoded = apply_color_fix(decoded.float(), lr_up.float(), method=settings.color_fix)
+        if not torch.isfinite(decoded).all():
+            raise NonFiniteOutputError(f"the decoded image has NaN/Inf values in {vae_dtype}; retry in float32")
+        sr = postprocess_sr(decoded, pre)  # (1, 3, H_out, W_out) in [-1, 1]
+        return to_unit_range(sr).cpu()
+
+    @contextmanager
+    def _progress(self, steps: int, progress: bool, callback):
+        """A step callback that advances a progress bar and calls the user's `callback`."""
         bar_config = {**getattr(self, "_progress_bar_config", {}), "desc": "sampling", "leave": False}
         bar_config["disable"] = bar_config.get("disable", False) or not progress
         with tqdm(total=steps, **bar_config) as bar:
@@ -201,70 +240,4 @@ class StableSRPipeline(DiffusionPipeline):
                 if callback is not None:
                     callback(i, t, x, x0_pred)
 
-            if sampler == "ddpm":
-                schedule = respaced_schedule(betas, steps, faithful=faithful)
-                samples = sample_ddpm(denoiser, x_t, schedule, prediction_type=self.prediction_type,
-                                      noise_sampler=noise_sampler, callback=on_step)
-            else:
-                schedule = ddim_schedule(alphas_cumprod, steps, eta=eta, grid="official" if faithful else "consistent")
-                samples = sample_ddim(denoiser, x_t, schedule, prediction_type=self.prediction_type,
-                                      noise_sampler=noise_sampler, callback=on_step)
-        if not torch.isfinite(samples).all():
-            raise NonFiniteOutputError(f"the sampled latent has NaN/Inf values in {self.unet.dtype}; retry in float32")
-
-        # 7. Decode with CFW (encoder features of lr_up per tile), colour-fix, undo the padding
-        z = samples.to(vae_dtype) / scaling
-        decoded = decode_tiled(self.vae, z, tile_size=max(vae_tile_size // self.vae_scale_factor, 8),
-                               tile_overlap=max(vae_tile_size // self.vae_scale_factor // 4, 2),
-                               cond_image=lr_up if fidelity > 0 else None, fidelity=fidelity)
-        decoded = apply_color_fix(decoded.float(), lr_up.float(), method=color_fix)
-        if not torch.isfinite(decoded).all():
-            raise NonFiniteOutputError(f"the decoded image has NaN/Inf values in {vae_dtype}; retry in float32")
-        sr = postprocess_sr(decoded, pre)  # (1, 3, H_out, W_out) in [-1, 1]
-        return ((sr + 1) / 2).clamp(0, 1).cpu()
-
-    # ---------------------------------------------------------------- helpers
-    def _check_inputs(self, upscale, steps, sampler, eta, fidelity, tile_size, tile_overlap, guidance_scale,
-                      output_type) -> float:
-        if upscale <= 0:
-            raise StableSRError(f"upscale must be > 0, got {upscale}")
-        if sampler not in ("ddpm", "ddim"):
-            raise StableSRError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
-        if not 1 <= steps <= self.scheduler.config.num_train_timesteps:
-            raise StableSRError(f"num_inference_steps must be in 1..{self.scheduler.config.num_train_timesteps}")
-        if eta < 0:
-            raise StableSRError(f"eta must be >= 0, got {eta}")
-        if not 0 <= tile_overlap < tile_size:
-            raise StableSRError(f"need 0 <= tile_overlap < tile_size, got {tile_overlap} and {tile_size}")
-        if guidance_scale < 0:
-            raise StableSRError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        if output_type not in ("pil", "pt", "np"):
-            raise StableSRError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
-        if fidelity is None:
-            return 0.5 if self.config.cfw_trained else 0.0
-        if not 0.0 <= fidelity <= 1.0:
-            raise StableSRError(f"fidelity must be in [0, 1], got {fidelity}")
-        if fidelity > 0 and not self.config.cfw_trained:
-            raise StableSRError("this model has no trained CFW fusion weights, so fidelity must be 0; "
-                                "convert with --cfw vqgan_cfw_00011.ckpt to enable it")
-        return fidelity
-
-    @staticmethod
-    def _to_tensor_batch(image) -> list[torch.Tensor]:
-        """PIL image(s) or a (B, 3, H, W) tensor in [0, 1] -> list of (1, 3, H, W) tensors in [-1, 1]."""
-        if isinstance(image, PIL.Image.Image):
-            return [image_to_tensor(image.convert("RGB"))]
-        if isinstance(image, (list, tuple)):
-            return [image_to_tensor(im.convert("RGB")) for im in image]
-        if torch.is_tensor(image) and image.ndim == 4 and image.shape[1] == 3:
-            return [x[None].float() * 2 - 1 for x in image]
-        raise StableSRError("image must be a PIL image, a list of them, or a (B, 3, H, W) tensor in [0, 1]")
-
-    @staticmethod
-    def _convert_output(outputs: list[torch.Tensor], output_type: str):
-        if output_type == "pt":
-            return torch.cat(outputs) if len({o.shape for o in outputs}) == 1 else outputs
-        arrays = [o[0].permute(1, 2, 0).numpy() for o in outputs]  # (1, 3, H, W) -> (H, W, 3)
-        if output_type == "np":
-            return np.stack(arrays) if len({a.shape for a in arrays}) == 1 else arrays
-        return [PIL.Image.fromarray((a * 255.0).round().astype(np.uint8)) for a in arrays]
+            yield on_step

@@ -1,1 +1,1 @@
-"""Diffusion schedules, samplers (pure functions) and aggregation tiling."""
+"""Diffusion schedules, parameterisation wrappers and samplers (pure functions)."""

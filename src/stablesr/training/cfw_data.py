@@ -27,16 +27,12 @@ from tqdm.auto import tqdm
 
 from stablesr.data.datasets import HRFolderDataset, item_seed, read_rgb
 from stablesr.data.degradations import preset_settings
+from stablesr.data.ops import quantize_8bit
 from stablesr.models.sft_unet import SFTUNet
 from stablesr.training.previews import encode_latent, sample_sr_latent, save_png
 from stablesr.weights.folders import apply_umask
 
 LatentFormat = Literal["safetensors", "npy"]
-
-
-def quantize_8bit(image: torch.Tensor) -> torch.Tensor:
-    """[0, 1] -> the nearest of the 256 levels a PNG stores, so training sees what was encoded."""
-    return (image.clamp(0, 1) * 255.0).round() / 255.0
 
 
 def save_latent(latent: torch.Tensor, path: Path, *, latent_format: LatentFormat) -> None:

@@ -55,13 +55,13 @@ def pipeline_from_base(base: str | Path, *, base_name: str, trust_pickle: bool =
     path = Path(base).expanduser()
     if not path.exists():
         raise WeightsNotFoundError(f"SD base {path} not found (a diffusers folder or v2-1_512-ema-pruned.safetensors)")
-    vae_config = shipped_config(base_name, "vae")
     tokenizer = None
-    if path.is_dir():
-        unet, vae_state, text_encoder, tokenizer = load_sd_folder(path, Parts(), base_name)
+    if path.is_dir():  # the folder's own UNet / VAE configs (a non-standard size trains too)
+        unet, vae_state, vae_config, text_encoder, tokenizer = load_sd_folder(path)
         vae = CFWAutoencoderKL(**vae_config)
         load_strict(vae, vae_state, "SD VAE", allow_missing_prefix="fusion_layer")
     else:
+        vae_config = shipped_config(base_name, "vae")
         parts = Parts()
         parts.add(path, trust_pickle=trust_pickle)
         if not parts.unet:

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from stablesr.color_fix import apply_color_fix
 from stablesr.models.sft_unet import SFTUNet
-from stablesr.sampling.samplers import default_noise_sampler, q_sample, sample_ddpm
-from stablesr.sampling.schedules import alphas_cumprod_from_betas, betas_scaled_linear, respaced_schedule
+from stablesr.sampling.chain import sample_chain, untiled_model
+from stablesr.sampling.samplers import default_noise_sampler
+from stablesr.sampling.schedules import betas_scaled_linear
 
 
 @torch.no_grad()
@@ -35,19 +36,13 @@ def encode_latent(vae, image: torch.Tensor, generator: torch.Generator | None) -
 @torch.no_grad()
 def sample_sr_latent(sft_unet: SFTUNet, lr_latent: torch.Tensor, context: torch.Tensor, *, steps: int,
                      prediction_type: str, generator: torch.Generator | None) -> torch.Tensor:
-    """lr_latent (B, 4, h, w) scaled, context (1, 77, D) -> sampled scaled latent (B, 4, h, w)."""
-    betas = betas_scaled_linear()
-    noise_sampler = default_noise_sampler(generator)
-    x_t = q_sample(lr_latent, alphas_cumprod_from_betas(betas)[-1].item(), noise_sampler(lr_latent))
-    batch = lr_latent.shape[0]
-    context = context.to(lr_latent.device, sft_unet.unet.dtype).expand(batch, -1, -1)
+    """lr_latent (B, 4, h, w) scaled, context (1, 77, D) -> sampled scaled latent (B, 4, h, w).
 
-    def denoiser(x: torch.Tensor, t: int) -> torch.Tensor:
-        timesteps = torch.full((batch,), t, dtype=torch.long, device=x.device)
-        return sft_unet(x, timesteps, context, lr_latent)
-
-    return sample_ddpm(denoiser, x_t, respaced_schedule(betas, steps), prediction_type=prediction_type,
-                       noise_sampler=noise_sampler)
+    The pipeline's chain (`sampling/chain.py`: x_T from the noised LR latent, respaced DDPM) on the whole latent.
+    """
+    model = untiled_model(sft_unet, context, lr_latent)
+    return sample_chain(model, lr_latent, betas_scaled_linear(), steps=steps, prediction_type=prediction_type,
+                        noise_sampler=default_noise_sampler(generator))
 
 
 @torch.no_grad()

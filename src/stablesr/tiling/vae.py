@@ -40,6 +40,10 @@ import torch.nn.functional as F
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
+from stablesr.tiling.canvas import BlendCanvas
+from stablesr.tiling.grid import Window, axis_starts
+from stablesr.tiling.weights import raised_cosine_ramp
+
 VAE_SCALE = 8  # pixels per latent pixel in the SD VAE
 
 
@@ -107,33 +111,6 @@ def decode_tiled(
         return tiling.blend(decode_window, out_scale=VAE_SCALE)
 
 
-def tile_starts(size: int, tile_size: int, tile_overlap: int) -> list[int]:
-    """Window starts along one axis: stride tile_size - tile_overlap, last one snapped to size - tile_size.
-
-    tile_starts(40, 16, 4) -> [0, 12, 24]; tile_starts(10, 16, 4) -> [0] (one window of the whole axis).
-    """
-    if size <= tile_size:
-        return [0]
-    stride = tile_size - tile_overlap
-    count = math.ceil((size - tile_size) / stride) + 1
-    return [min(k * stride, size - tile_size) for k in range(count)]
-
-
-def blend_ramp(length: int, ramp: int, *, fade_in: bool, fade_out: bool) -> torch.Tensor:
-    """1-D window weight (length,): raised-cosine rise over `ramp` samples at a faded side, else 1.
-
-    Values are sin^2(pi/2 * (i + 0.5) / ramp) inside the ramp, so a fade-out ramp and the next
-    window's fade-in ramp over the same samples sum to exactly 1 (cos^2 + sin^2).
-    """
-    weight = torch.ones(length, dtype=torch.float64)
-    rise = torch.sin(0.5 * math.pi * (torch.arange(min(ramp, length), dtype=torch.float64) + 0.5) / ramp) ** 2
-    if fade_in:
-        weight[: rise.numel()] = rise
-    if fade_out:
-        weight[length - rise.numel():] = torch.minimum(weight[length - rise.numel():], rise.flip(0))
-    return weight
-
-
 # --------------------------------------------------------------------------------------------- tiling
 @dataclass(frozen=True)
 class WindowRegion:
@@ -162,32 +139,31 @@ class Tiling:
     def blend(self, run_window, *, out_scale: int) -> torch.Tensor:
         """Sum of run_window(rows, cols) (B, C, s*rows, s*cols) x ramp weights, divided by the summed weights."""
         height, width = self.latent_size
-        output = weights = None
+        canvas = None
         for rows, cols, _ in self.windows():
             window_out = run_window(rows, cols)
-            if output is None:
-                output = window_out.new_zeros(*window_out.shape[:2], height * out_scale, width * out_scale)
-                weights = window_out.new_zeros(1, 1, height * out_scale, width * out_scale)
+            if canvas is None:
+                canvas = BlendCanvas((*window_out.shape[:2], height * out_scale, width * out_scale),
+                                     dtype=window_out.dtype, device=window_out.device)
             window_weight = self._window_weight(rows, cols, out_scale).to(window_out)  # (1, 1, s*rows, s*cols)
-            out_rows, out_cols = _scaled(rows, out_scale), _scaled(cols, out_scale)
-            output[..., out_rows, out_cols] += window_out * window_weight
-            weights[..., out_rows, out_cols] += window_weight
-        return output / weights
+            canvas.add(Window(rows.start, rows.stop, cols.start, cols.stop).scaled(out_scale), window_out,
+                       window_weight)
+        return canvas.result()
 
     def _window_weight(self, rows: slice, cols: slice, scale: int) -> torch.Tensor:
         """(1, 1, s*rows, s*cols): ramps on the sides that face another window, flat at image borders."""
         height, width = self.latent_size
         ramp = self.overlap * scale
-        row_weight = blend_ramp((rows.stop - rows.start) * scale, ramp,
+        row_weight = raised_cosine_ramp((rows.stop - rows.start) * scale, ramp,
                                 fade_in=rows.start > 0, fade_out=rows.stop < height)
-        col_weight = blend_ramp((cols.stop - cols.start) * scale, ramp,
+        col_weight = raised_cosine_ramp((cols.stop - cols.start) * scale, ramp,
                                 fade_in=cols.start > 0, fade_out=cols.stop < width)
         return torch.outer(row_weight, col_weight)[None, None]  # (rows, cols) -> (1, 1, rows, cols)
 
 
 def _axis_windows(size: int, tile: int, overlap: int) -> list[tuple[slice, slice]]:
     """(window, owned part in window-local coordinates) along one axis; owned parts split overlaps in half."""
-    starts = tile_starts(size, tile, overlap)
+    starts = axis_starts(size, tile, overlap)
     stops = [min(start + tile, size) for start in starts]
     cuts = [0] + [(start + prev_stop) // 2 for start, prev_stop in zip(starts[1:], stops[:-1])] + [size]
     return [

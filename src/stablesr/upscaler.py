@@ -1,0 +1,142 @@
+"""The library's upscale entry: a loaded method plus the policy every caller needs, not only the CLI.
+
+`Upscaler` owns what sits around a pipeline call: StableSR's Real-ESRGAN pre-cleaning (appendix C
+of https://arxiv.org/abs/2305.07015), the half-precision -> float32 fallback when NaN/Inf appear
+(kept for the rest of the run), and the round trip of alpha, ICC profile and 16-bit precision
+between the input file and the output file. The CLI only parses flags, plans files and calls
+`Upscaler.load(...)` then `upscaler.upscale_file(src, dst, seed=...)`.
+
+    up = Upscaler.load(model="stablesr-sd21/", preset="turbo")
+    up.upscale_file("photo.png", "out/photo.png", seed=42)       # alpha / 16-bit kept
+    sr = up.upscale_image(PIL.Image.open("photo.png"), seed=0)    # PIL in, PIL out (RGBA kept)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+import PIL.Image
+import torch
+
+from stablesr.configs import UpscaleSettings, read_upscale_defaults, resolve_settings
+from stablesr.errors import StableSRError, WeightsNotFoundError
+from stablesr.image_processor import pil_to_tensor, tensor_to_pil
+from stablesr.imaging import load_image, resize_alpha, save_image_atomic
+
+Method = Literal["stablesr", "realesrgan"]
+
+NO_MODEL_MESSAGE = (
+    "no model given. StableSR needs weights: get stablesr_000117.ckpt (and vqgan_cfw_00011.ckpt for CFW) from the "
+    "Hugging Face repository Iceclear/StableSR, convert once with "
+    "`stablesr convert stablesr_000117.ckpt vqgan_cfw_00011.ckpt -o stablesr-sd21/`, then run "
+    "`stablesr upscale INPUT -o OUT --model stablesr-sd21/` (or pass the files directly with --weights). "
+    "For a baseline without diffusion weights use --method realesrgan.")
+
+
+class Upscaler:
+    """A StableSR pipeline (or the Real-ESRGAN baseline) with pre-cleaning, fp32 fallback and file round trips.
+
+    pipe: a `StableSRPipeline` (None for the Real-ESRGAN baseline). settings: complete settings,
+    default `pipe.resolve_settings()` (the model's defaults). realesrgan: a `RealESRGANUpscaler`,
+    needed for method 'realesrgan' or `preclean=True`.
+    """
+
+    def __init__(self, pipe=None, *, settings: UpscaleSettings | None = None, realesrgan=None,
+                 preclean: bool = False, progress: bool = True) -> None:
+        if pipe is None and realesrgan is None:
+            raise WeightsNotFoundError(NO_MODEL_MESSAGE)
+        if preclean and realesrgan is None:
+            raise WeightsNotFoundError("pre-cleaning needs Real-ESRGAN weights (realesrgan=...)")
+        self.pipe = pipe
+        self.settings = settings or (pipe.resolve_settings() if pipe is not None else UpscaleSettings())
+        self.realesrgan = realesrgan
+        self.preclean = preclean
+        self.progress = progress
+
+    @classmethod
+    def load(cls, *, model: str | Path | None = None, weights: list[str | Path] | None = None,
+             base: str | None = None, trust_pickle: bool = False, method: Method = "stablesr",
+             preclean: bool = False, realesrgan_weights: str | Path | None = None,
+             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, vae_fp32: bool = True,
+             settings: UpscaleSettings | None = None, preset: str | None = None, progress: bool = True,
+             **options) -> Upscaler:
+        """Load a method: `model` (a converted folder) or official `weights` files; Real-ESRGAN when asked.
+
+        Without `settings`, they resolve as class defaults < the folder's upscale_defaults.json <
+        `preset` < `options` before any weights load, so a bad value fails at once.
+        """
+        if settings is not None and (preset is not None or options):
+            raise StableSRError("pass either a settings object or preset / keyword options, not both")
+        if settings is None:
+            model_defaults = read_upscale_defaults(model) if model is not None else {}
+            settings = resolve_settings(UpscaleSettings, model_defaults=model_defaults, preset=preset,
+                                        overrides=options)
+        device = torch.device(device)
+        realesrgan = None
+        if method == "realesrgan" or preclean:
+            from stablesr.pipelines.realesrgan import RealESRGANUpscaler
+
+            realesrgan = RealESRGANUpscaler.from_path(realesrgan_weights, device=device)
+        pipe = None
+        if method == "stablesr":
+            pipe = _load_pipeline(model, weights, base=base, trust_pickle=trust_pickle, dtype=dtype)
+            pipe.to(device)
+            if vae_fp32:  # fp32 VAE: avoids black/NaN images and slow CPU bf16 convolutions
+                pipe.vae.to(dtype=torch.float32)
+            pipe.set_progress_bar_config(disable=not progress, leave=False)
+            settings = pipe.resolve_settings(settings)
+        return cls(pipe, settings=settings, realesrgan=realesrgan, preclean=preclean, progress=progress)
+
+    # ------------------------------------------------------------------ entries
+    def upscale_file(self, src: str | Path, dst: str | Path, *, seed: int = 0, overwrite: bool = True) -> Path:
+        """Read `src`, super-resolve, write `dst` atomically with its alpha, ICC profile and bit depth."""
+        loaded = load_image(src)
+        sr = self.upscale_tensor(loaded.to_unit_tensor(), seed=seed)  # full (16-bit) precision kept
+        alpha = resize_alpha(loaded.alpha, (sr.shape[-1], sr.shape[-2])) if loaded.alpha is not None else None
+        image = tensor_to_pil(sr, bit_depth=loaded.bit_depth)
+        return save_image_atomic(image, dst, overwrite=overwrite, alpha=alpha, icc_profile=loaded.icc_profile,
+                                 bit_depth=loaded.bit_depth)
+
+    def upscale_image(self, image: PIL.Image.Image, *, seed: int = 0) -> PIL.Image.Image:
+        """PIL in, PIL out: RGB stays RGB, an alpha channel is upscaled and re-attached (RGBA)."""
+        has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+        rgba = image.convert("RGBA") if has_alpha else None
+        sr = self.upscale_tensor(pil_to_tensor(image.convert("RGB")), seed=seed)
+        out = tensor_to_pil(sr)
+        if rgba is not None:
+            out.putalpha(resize_alpha(rgba.getchannel("A"), out.size))
+        return out
+
+    def upscale_tensor(self, lr: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+        """(1, 3, H, W) in [0, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU: pre-clean, then the method."""
+        if self.preclean:
+            lr = self.realesrgan.preclean(lr.to(self.realesrgan.device)).cpu()
+        if self.pipe is None:
+            sr = self.realesrgan.upscale(lr.to(self.realesrgan.device), outscale=self.settings.upscale)
+            return sr.cpu().clamp(0, 1)
+        from stablesr.pipelines.stablesr import NonFiniteOutputError
+
+        try:
+            return self._sample(lr, seed)
+        except NonFiniteOutputError as error:
+            if self.pipe.unet.dtype == torch.float32:
+                raise
+            print(f"warning: {error}; switching to float32 for the rest of this run", file=sys.stderr)
+            self.pipe.to(dtype=torch.float32)
+            return self._sample(lr, seed)
+
+    def _sample(self, lr: torch.Tensor, seed: int) -> torch.Tensor:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        return self.pipe(lr, self.settings, generator=generator, output_type="pt", progress=self.progress).images
+
+
+def _load_pipeline(model, weights, *, base, trust_pickle, dtype):
+    from stablesr.weights.loading import build_pipeline, load_pipeline
+
+    if model is not None:
+        return load_pipeline(model, torch_dtype=dtype)
+    if weights:
+        return build_pipeline(list(weights), base=base, trust_pickle=trust_pickle).to(dtype=dtype)
+    raise WeightsNotFoundError(NO_MODEL_MESSAGE)
