@@ -62,13 +62,17 @@ class Upscaler:
              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, vae_fp32: bool = True,
              settings: UpscaleSettings | None = None, preset: str | None = None, progress: bool = True,
              **options) -> Upscaler:
-        """Load a method: `model` (a converted folder) or official `weights` files; Real-ESRGAN when asked.
+        """Load a method: `model` (a converted folder or a bundled name; default the bundled stablesr-nano) or
+        official `weights` files; Real-ESRGAN when asked.
 
         Without `settings`, they resolve as class defaults < the folder's upscale_defaults.json <
         `preset` < `options` before any weights load, so a bad value fails at once.
         """
         if settings is not None and (preset is not None or options):
             raise StableSRError("pass either a settings object or preset / keyword options, not both")
+        from stablesr.weights.bundled import choose_model
+
+        model = choose_model(model, weights=weights, method=method)
         if settings is None:
             model_defaults = read_upscale_defaults(model) if model is not None else {}
             settings = resolve_settings(UpscaleSettings, model_defaults=model_defaults, preset=preset,

@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="image files and/or folders")
     parser.add_argument("-o", "--output", required=True, help="output folder")
     group = parser.add_argument_group("model")
-    group.add_argument("--model", help="folder written by `stablesr convert` (or save_pretrained)")
+    group.add_argument("--model", help="folder written by `stablesr convert` (or save_pretrained), or a bundled "
+                                       "model's name (default: the bundled stablesr-nano)")
     group.add_argument("--weights", nargs="+", metavar="FILE",
                        help="official checkpoints to use directly (e.g. stablesr_000117.ckpt vqgan_cfw_00011.ckpt); "
                             "converting once with `stablesr convert` loads much faster")
@@ -49,8 +50,10 @@ def settings_from_args(args: argparse.Namespace) -> UpscaleSettings:
     """CLI flags -> UpscaleSettings: class defaults < the --model folder's upscale_defaults.json < --preset <
     explicit flags. Runs before any model loads, so a bad flag fails at once, naming the flag."""
     from stablesr.configs import read_upscale_defaults, resolve_settings
+    from stablesr.weights.bundled import choose_model
 
-    model_defaults = read_upscale_defaults(args.model) if args.model else {}
+    model = choose_model(args.model, weights=args.weights, method=args.method)
+    model_defaults = read_upscale_defaults(model) if model is not None else {}
     return resolve_settings(UpscaleSettings, model_defaults=model_defaults, preset=args.preset,
                             overrides=overrides_from_args(args, UpscaleSettings))
 

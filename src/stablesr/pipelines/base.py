@@ -26,9 +26,13 @@ class SRPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """diffusers' loader, plus the folder's `upscale_defaults.json` as `pipe.upscale_defaults`."""
-        pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        folder = Path(str(pretrained_model_name_or_path)).expanduser()
+        """diffusers' loader (offline: local files only; a bundled model's name such as "stablesr-nano" is its
+        folder inside the package), plus the folder's `upscale_defaults.json` as `pipe.upscale_defaults`."""
+        from stablesr.weights.bundled import resolve_model
+
+        folder = resolve_model(str(pretrained_model_name_or_path))
+        kwargs.setdefault("local_files_only", True)
+        pipe = super().from_pretrained(folder, *args, **kwargs)
         pipe.upscale_defaults = read_upscale_defaults(folder, cls.settings_class) if folder.is_dir() else {}
         return pipe
 

@@ -21,3 +21,19 @@ def resolve_model(model: str | Path) -> Path:
     if not path.exists() and str(model) in BUNDLED_MODELS:
         return BUNDLED_MODELS[str(model)]
     return path
+
+
+def default_model() -> Path | None:
+    """The bundled default model's folder, or None when this installation has none."""
+    folder = BUNDLED_MODELS[DEFAULT_MODEL]
+    return folder if (folder / "model_index.json").is_file() else None
+
+
+def choose_model(model: str | Path | None, *, weights=None, method: str = "stablesr") -> Path | None:
+    """The model folder a StableSR run uses: `model` (a path or bundled name), else the bundled default
+    when no official `weights` files are given; None for other methods or when nothing is bundled."""
+    if model is not None:
+        return resolve_model(model)
+    if method != "stablesr" or weights:
+        return None
+    return default_model()
