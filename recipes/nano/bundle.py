@@ -1,6 +1,6 @@
 """Ship a trained pipeline folder as the bundled stablesr-nano: fp16 safetensors + recommended settings.
 
-    python recipes/nano/bundle.py runs/nano/cfw [--target src/stablesr/bundled/stablesr-nano] [--card docs/stablesr-nano.md]
+    python recipes/nano/bundle.py runs/nano/cfw [--target DIR] [--card docs/stablesr-nano.md]
 
 Loads the final pipeline, casts every weight to float16, writes it (with `upscale_defaults.json`,
 the model's recommended sampling settings) into the package, and rewrites the file table (bytes and
