@@ -39,12 +39,25 @@ def scores(pred: Path, gt: Path) -> dict[str, float]:
     return json.loads(report.read_text())["summary"]["mean"]
 
 
+def stability(folder: Path, runs: int, model: str | None) -> None:
+    """G-STD / L-STD of PSNR and SSIM over `runs` seeds (CCSR's definitions, `stablesr evaluate --runs`)."""
+    model_args = ["--model", model] if model else []
+    target = folder / "nano_runs"
+    stablesr("upscale", str(folder / "lr"), "-o", str(target), "--overwrite", "--runs", str(runs), *model_args)
+    report = target / "stability.json"
+    stablesr("evaluate", str(target), "--gt", str(folder / "hr"), "--metrics", "psnr,ssim", "--crop-border", "4",
+             "--runs", str(runs), "--json", str(report), "--overwrite")
+    summary = json.loads(report.read_text())["summary"]
+    print(f"stability over {runs} seeds: G-STD {summary['g_std']}, L-STD {summary['l_std']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("val", help="the validation HR folder (nano-data/val)")
     parser.add_argument("out", help="working folder")
     parser.add_argument("--model", default=None, help="model folder (default: the bundled stablesr-nano)")
     parser.add_argument("--skip-realesrgan", action="store_true")
+    parser.add_argument("--runs", type=int, default=10, help="seeds for G-STD / L-STD on the stablesr set (0: skip)")
     args = parser.parse_args()
     out = Path(args.out)
     rows = []
@@ -62,6 +75,8 @@ def main() -> None:
                      "--method", "realesrgan")
         for name, pred in methods.items():
             rows.append((preset, name, scores(pred, folder / "hr")))
+    if args.runs:
+        stability(out / "stablesr", args.runs, args.model)
     print("| set | method | PSNR-Y | SSIM-Y | NIQE | BRISQUE |")
     print("|---|---|---|---|---|---|")
     for preset, name, mean in rows:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The stablesr-nano recipe, end to end (CPU; each stage resumes with --run.resume latest if stopped).
+# Usage: bash recipes/nano/train.sh [DATA=nano-data] [RUNS=runs/nano]
+set -euo pipefail
+DATA=${DATA:-nano-data}; RUNS=${RUNS:-runs/nano}; R=recipes/nano
+[ -d "$DATA/train" ] || stablesr photos "$DATA"                       # 98 train + 10 val photos, sources.tsv
+stablesr train vae --config $R/vae.yaml --data.hr_folders "[$DATA/train]" --run.output_dir "$RUNS/vae"
+stablesr train prior --config $R/prior.yaml --vae "$RUNS/vae" --data.hr_folders "[$DATA/train]" \
+    --run.output_dir "$RUNS/prior"
+stablesr train stablesr --config $R/sr.yaml --model.pipeline "$RUNS/prior" --data.hr_folders "[$DATA/train]" \
+    --run.output_dir "$RUNS/sr"
+stablesr generate-cfw-data "$DATA/train" --model "$RUNS/sr" -o "$RUNS/cfw-data" --num-samples 800 --crop-size 128 \
+    --steps 4 --seed 0
+stablesr train cfw --config $R/cfw.yaml --pipeline "$RUNS/sr" --data.folders "[$RUNS/cfw-data]" \
+    --run.output_dir "$RUNS/cfw"
+python $R/bundle.py "$RUNS/cfw"                                         # fp16 into src/stablesr/bundled/
+python $R/evaluate.py "$DATA/val" "$RUNS/eval"                           # the metric table of the model card
