@@ -265,11 +265,27 @@ def write_file_atomic(path: str | Path, write: Callable[[BinaryIO], None], *, ov
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
+        if overwrite:
+            os.replace(temp_path, path)
+        else:
+            _link_no_clobber(temp_path, path)
+    finally:
         temp_path.unlink(missing_ok=True)
-        raise
     return path
+
+
+def _link_no_clobber(temp_path: Path, path: Path) -> None:
+    """Put `temp_path` at `path` only if nothing is there, atomically (a hard link fails on an existing
+    name), so a file that appeared since the run began (another run into the same folder) is never replaced."""
+    try:
+        os.link(temp_path, path)
+    except FileExistsError as error:
+        raise OutputExistsError(f"{path} appeared while this run was working; kept it (pass --overwrite to "
+                                "replace outputs)") from error
+    except OSError:  # a filesystem without hard links: the closest check-then-rename
+        if path.exists():
+            raise OutputExistsError(f"{path} appeared while this run was working; kept it") from None
+        os.replace(temp_path, path)
 
 
 def _create_temp(path: Path) -> Path:
@@ -336,6 +352,20 @@ class Preprocessed:
     output_size: tuple[int, int]
 
 
+MAX_OUTPUT_PIXELS = 2**28  # 268 MP (16384 x 16384): beyond it an output is refused before any work
+
+
+def check_output_size(height: int, width: int, upscale: float) -> tuple[int, int]:
+    """(H_out, W_out) = (int(H * s), int(W * s)); StableSRError when empty or over MAX_OUTPUT_PIXELS."""
+    out_h, out_w = int(height * upscale), int(width * upscale)
+    if out_h < 1 or out_w < 1:
+        raise StableSRError(f"--scale {upscale:g} turns a {width}x{height} image into an empty {out_w}x{out_h} one")
+    if out_h * out_w > MAX_OUTPUT_PIXELS:
+        raise StableSRError(f"--scale {upscale:g} turns a {width}x{height} image into {out_w}x{out_h} "
+                            f"({out_h * out_w / 1e6:.0f} MP), over the {MAX_OUTPUT_PIXELS / 1e6:.0f} MP limit")
+    return out_h, out_w
+
+
 def preprocess_lr(lr: Tensor, *, upscale: float, min_size: int = 512, multiple: int = 8) -> Preprocessed:
     """Bicubic-upscale the LR image (B, 3, H, W) in [-1, 1] by s = max(min_size / min(H, W), upscale)
     to (int(H*s), int(W*s)) (round down, as the official script: a 49-px side gives 511, not 512),
@@ -347,6 +377,7 @@ def preprocess_lr(lr: Tensor, *, upscale: float, min_size: int = 512, multiple: 
     if upscale <= 0 or min_size < 1 or multiple < 1:
         raise ValueError(f"need upscale > 0, min_size >= 1, multiple >= 1; got {upscale}, {min_size}, {multiple}")
     height, width = lr.shape[-2:]
+    check_output_size(height, width, upscale)
     scale = max(min_size / min(height, width), upscale)
     resized_size = (int(height * scale), int(width * scale))
     resized = F.interpolate(lr, size=resized_size, mode="bicubic", align_corners=False).clamp(-1, 1)

@@ -18,7 +18,7 @@ from stablesr.cli.files import (
     plan_outputs,
     process_files,
 )
-from stablesr.errors import ImageReadError, StableSRError
+from stablesr.errors import StableSRError
 from stablesr.imaging import load_image, save_image_atomic
 
 
@@ -132,24 +132,41 @@ def test_process_files_continues_after_bad_file(tmp_path):
     assert report.summary().splitlines()[1].startswith(f"  failed: {tmp_path / 'in' / 'b.png'}: cannot read image")
 
 
-def test_failed_work_leaves_no_half_written_output(tmp_path):
+def test_a_failed_call_never_removes_an_output_another_run_wrote(tmp_path):
     source = _image(tmp_path / "in" / "a.png")
-    existing = _image(tmp_path / "out" / "keep.png", 99)
+    target = tmp_path / "out" / "a.png"
 
-    def half_write(input_path: Path, output_path: Path) -> None:
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        output_path.write_bytes(b"half")
+    def other_run_writes_then_this_one_fails(input_path: Path, output_path: Path) -> None:
+        _image(output_path, 7)  # a concurrent run into the same folder finishes this file first
         raise OSError("device lost")
 
-    def fail_without_writing(input_path: Path, output_path: Path) -> None:
-        raise ImageReadError("cannot read image: bad")
+    report = process_files(RunPlan([(source, target)]), other_run_writes_then_this_one_fails, progress=False)
+    assert report.failed == [(source, "device lost")] and report.exit_code == 1
+    assert np.asarray(Image.open(target))[0, 0].tolist() == [7, 7, 7]  # kept: writes are atomic, nothing to undo
 
-    report = process_files(RunPlan([(source, tmp_path / "out" / "a.png")]), half_write, progress=False)
-    assert report.failed == [(source, "device lost")]
-    assert not (tmp_path / "out" / "a.png").exists()  # appeared during the failed call: removed
-    report = process_files(RunPlan([(source, existing)]), fail_without_writing, progress=False)
-    assert np.asarray(Image.open(existing))[0, 0].tolist() == [99, 99, 99]  # an older output is left alone
-    assert report.exit_code == 1
+    def save_without_overwrite(input_path: Path, output_path: Path) -> None:
+        save_image_atomic(Image.new("RGB", (4, 4), (1, 2, 3)), output_path, overwrite=False)
+
+    report = process_files(RunPlan([(source, target)]), save_without_overwrite, progress=False)
+    assert report.skipped == [source] and report.exit_code == 0  # appeared since planning: skipped, not replaced
+    assert np.asarray(Image.open(target))[0, 0].tolist() == [7, 7, 7]
+
+
+def test_no_clobber_save_is_atomic_against_a_racing_writer(tmp_path, monkeypatch):
+    from stablesr.imaging import OutputExistsError
+
+    target = tmp_path / "x.png"
+    real_link = os.link
+
+    def link_after_a_rival(src, dst):  # the rival's file lands between our check and our rename
+        _image(Path(dst), 5)
+        return real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", link_after_a_rival)
+    with pytest.raises(OutputExistsError, match="appeared"):
+        save_image_atomic(Image.new("RGB", (4, 4), (1, 2, 3)), target, overwrite=False)
+    assert np.asarray(Image.open(target))[0, 0].tolist() == [5, 5, 5]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]  # no temporary file left behind
 
 
 def test_process_files_bug_propagates(tmp_path):

@@ -19,7 +19,8 @@ from stablesr.errors import StableSRError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 # What a per-file failure may raise; anything else is a bug and stops the run.
-FILE_ERRORS = (StableSRError, OSError, ValueError, MemoryError)
+# RuntimeError: torch's out-of-memory and size errors; OverflowError: absurd sizes. One file fails alone.
+FILE_ERRORS = (StableSRError, OSError, ValueError, MemoryError, RuntimeError, OverflowError)
 
 
 def collect_inputs(paths: Sequence[str | Path], *, recursive: bool = False) -> list[Path]:
@@ -116,7 +117,7 @@ def _check_unique(pairs: list[tuple[Path, Path]]) -> None:
     for file, output in pairs:
         resolved = output.resolve()
         if resolved == file.resolve():
-            raise StableSRError(f"output {output} would replace its input; choose another output folder or --suffix")
+            raise StableSRError(f"output {output} would replace its input; choose another output folder or --format")
         if resolved in owners:
             raise StableSRError(f"inputs {owners[resolved]} and {file} would both be written to {output}")
         owners[resolved] = file
@@ -148,17 +149,25 @@ def process_files(
     StableSRError, OSError, ValueError or MemoryError is reported and the run goes on; an
     output that appeared during a failed call is removed, so no half result stays behind.
     A RunPlan's `skipped` inputs are carried into the report."""
+    from stablesr.imaging import OutputExistsError
+
     report = RunReport(skipped=list(pairs.skipped) if isinstance(pairs, RunPlan) else [])
     bar = tqdm(pairs, desc="images", unit="img", disable=not progress, file=sys.stderr)
     for input_path, output_path in bar:
-        existed = output_path.exists()
         try:
-            work(input_path, output_path)
+            work(input_path, output_path)  # writes atomically: a failed call leaves no half result to remove
+        except OutputExistsError as error:  # appeared during the run (another run into the same folder): kept
+            report.skipped.append(input_path)
+            bar.write(f"skipped: {input_path}: {error}", file=sys.stderr)
         except FILE_ERRORS as error:
-            if not existed:
-                output_path.unlink(missing_ok=True)
-            report.failed.append((input_path, str(error) or type(error).__name__))
+            report.failed.append((input_path, _one_line(error)))
             bar.write(f"failed: {input_path}: {report.failed[-1][1]}", file=sys.stderr)
         else:
             report.done.append(input_path)
     return report
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of an error message (torch's out-of-memory errors run over several lines)."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]

@@ -94,7 +94,10 @@ def _run(args: argparse.Namespace) -> int:
                                  realesrgan_weights=args.realesrgan_weights, device=device,
                                  dtype=resolve_dtype(args.dtype, device), vae_fp32=args.vae_dtype == "fp32",
                                  settings=settings, progress=not args.no_progress)
-    report = process_files(plan, lambda src, dst: upscaler.upscale_file(src, dst, seed=seeds[(src, dst)]),
-                           progress=not args.no_progress)
+
+    def work(src: Path, dst: Path) -> None:  # never replaces an output unless --overwrite (checked at write time)
+        upscaler.upscale_file(src, dst, seed=seeds[(src, dst)], overwrite=args.overwrite)
+
+    report = process_files(plan, work, progress=not args.no_progress)
     print(report.summary())
     return report.exit_code

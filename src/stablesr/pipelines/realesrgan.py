@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from stablesr.imaging import check_output_size
 from stablesr.models.rrdbnet import RRDBNet
 from stablesr.tiling.canvas import BlendCanvas
 from stablesr.tiling.grid import padded_windows
@@ -67,6 +68,7 @@ class RealESRGANUpscaler:
         if outscale <= 0:
             raise ValueError(f"outscale must be positive, got {outscale}")
         height, width = image.shape[-2:]
+        check_output_size(height, width, max(outscale, 4.0))  # the x4 network output is made first
         sr_image = self.run_tiled(image.to(self.device, self.dtype), progress=progress)
         size = (round(height * outscale), round(width * outscale))
         if size != tuple(sr_image.shape[-2:]):

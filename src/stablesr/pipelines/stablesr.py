@@ -48,7 +48,7 @@ NoiseSampler = Callable[[torch.Tensor], torch.Tensor]
 
 
 class NonFiniteOutputError(StableSRError):
-    """NaN/Inf appeared (typically fp16 overflow); retry in float32."""
+    """NaN/Inf appeared (typically fp16 overflow); half precision falls back to float32."""
 
 
 @dataclass
@@ -138,7 +138,7 @@ class StableSRPipeline(SRPipeline):
                                                  "the model's training timesteps")
         if settings.fidelity is not None and settings.fidelity > 0 and not self.config.cfw_trained:
             raise StableSRError("this model has no trained CFW fusion weights, so fidelity must be 0; "
-                                "convert with --cfw vqgan_cfw_00011.ckpt to enable it")
+                                "pass vqgan_cfw_00011.ckpt to `stablesr convert` as another input to enable it")
         fidelity = settings.fidelity if settings.fidelity is not None else 0.5 if self.config.cfw_trained else 0.0
         min_size = settings.min_size if settings.min_size is not None else settings.tile_size * self.vae_scale_factor
         return replace(settings, fidelity=fidelity, min_size=min_size)
@@ -216,7 +216,8 @@ class StableSRPipeline(SRPipeline):
                                    sampler=settings.sampler, eta=settings.eta, start=settings.start,
                                    faithful=settings.faithful, callback=on_step)
         if not torch.isfinite(samples).all():
-            raise NonFiniteOutputError(f"the sampled latent has NaN/Inf values in {self.unet.dtype}; retry in float32")
+            raise NonFiniteOutputError(f"the sampled latent has NaN/Inf values in {self.unet.dtype}"
+                                       + _retry_hint(self.unet.dtype))
 
         # 6. Decode with CFW (encoder features of lr_up per tile), colour-fix, undo the padding
         z = samples.to(vae_dtype) / scaling
@@ -225,7 +226,8 @@ class StableSRPipeline(SRPipeline):
                                cond_image=lr_up if settings.fidelity > 0 else None, fidelity=settings.fidelity)
         decoded = apply_color_fix(decoded.float(), lr_up.float(), method=settings.color_fix)
         if not torch.isfinite(decoded).all():
-            raise NonFiniteOutputError(f"the decoded image has NaN/Inf values in {vae_dtype}; retry in float32")
+            raise NonFiniteOutputError(f"the decoded image has NaN/Inf values in {vae_dtype}"
+                                       + _retry_hint(vae_dtype))
         sr = postprocess_sr(decoded, pre)  # (1, 3, H_out, W_out) in [-1, 1]
         return to_unit_range(sr).cpu()
 
@@ -241,3 +243,7 @@ class StableSRPipeline(SRPipeline):
                     callback(i, t, x, x0_pred)
 
             yield on_step
+
+
+def _retry_hint(dtype: torch.dtype) -> str:
+    return "" if dtype == torch.float32 else "; retry in float32"
