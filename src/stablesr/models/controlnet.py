@@ -76,7 +76,7 @@ class LAControlNet(ModelMixin, ConfigMixin):
         if unexpected or any(not k.split(".")[0].endswith("zero_convs") and k.split(".")[0] != "mid_zero_conv"
                              for k in missing):
             raise ValueError(f"UNet and control module differ: missing {missing}, unexpected {unexpected}")
-        return control.to(dtype=unet.dtype)
+        return control if control.dtype == unet.dtype else control.to(dtype=unet.dtype)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 condition: torch.Tensor, *, strength: float = 1.0) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
@@ -133,7 +133,7 @@ class ConditionEncoder(ModelMixin, ConfigMixin):
         encoder = cls(vae_config=_structure(vae.config))
         encoder.encoder.load_state_dict(vae.encoder.state_dict())
         encoder.quant_conv.load_state_dict(vae.quant_conv.state_dict())
-        return encoder.to(dtype=vae.dtype)
+        return encoder if encoder.dtype == vae.dtype else encoder.to(dtype=vae.dtype)
 
     def encode(self, image: torch.Tensor) -> AutoencoderKLOutput:
         """image (B, 3, H, W) in [-1, 1] -> posterior over the unscaled (B, 4, H/8, W/8)."""

@@ -1,0 +1,64 @@
+"""CCSR's frozen settings class (Sun et al. 2024, https://arxiv.org/abs/2401.00877); standard library only.
+
+Defaults follow the official v1 scripts (`inference_ccsr_tile.py`): 45 respaced steps, t_max 0.6667,
+t_min 0.3333 (16 model evaluations), control strength 1, AdaIN colour fix, tiles of 512 px with a
+256 px stride, the short side brought up to 512 px.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from stablesr.configs import ColorFix, Settings, setting
+
+
+def _positive(value) -> bool:
+    return value > 0
+
+
+@dataclass(frozen=True)
+class CCSRSettings(Settings):
+    """Every knob of a CCSR upscale (see the module docstring for the defaults' source)."""
+
+    upscale: float = setting(4.0, "upscaling factor", flag="--scale", check=_positive, rule="must be > 0")
+    num_inference_steps: int = setting(45, "respaced steps N of the truncated schedule (CCSR v1: 45 -> 16 model "
+                                           "evaluations)", flag="--steps", check=_positive, rule="must be >= 1")
+    t_max: float = setting(0.6667, "where the truncated chain starts after the x0 jump, a fraction of N",
+                           check=lambda v: 0 < v < 1, rule="must be in (0, 1)")
+    t_min: float = setting(0.3333, "where it stops and outputs the x0 prediction, a fraction of N",
+                           check=lambda v: 0 <= v < 1, rule="must be in [0, 1)")
+    control_strength: float = setting(1.0, "scale of the 13 control residuals", check=lambda v: v >= 0,
+                                      rule="must be >= 0")
+    color_fix: ColorFix = setting("adain", "colour correction against the input (the official default: adain)")
+    tile_size: int = setting(64, "latent tile size of Gaussian-weighted tiled sampling (64 = 512 px)",
+                             group="tiles and memory", check=lambda v: v >= 1, rule="must be >= 1")
+    tile_overlap: int = setting(32, "latent tile overlap, < tile size", group="tiles and memory",
+                                check=lambda v: v >= 0, rule="must be >= 0")
+    tile_batch_size: int = setting(4, "latent tiles per UNet call", group="tiles and memory",
+                                   check=lambda v: v >= 1, rule="must be >= 1")
+    vae_tile_size: int = setting(1024, "VAE tile size in pixels (a multiple of 8, >= 64)", group="tiles and memory",
+                                 check=lambda v: v >= 64 and v % 8 == 0, rule="must be a multiple of 8 and >= 64")
+    min_size: int | None = setting(None, "bicubic-upscale the input at least to this short side in pixels "
+                                         "(default: one latent tile, tile size x 8)", group="tiles and memory",
+                                   check=_positive, rule="must be >= 1")
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "fast": {"num_inference_steps": 15},  # 6 model evaluations (t = 999, 642, 571, 500, 428, 357)
+    }
+
+    def check_together(self) -> None:
+        if self.tile_overlap >= self.tile_size:
+            self.fail("tile_overlap", f"must be < the tile size {self.tile_size} (--tile-size)")
+        if self.t_min >= self.t_max:
+            self.fail("t_min", f"must be < t_max {self.t_max} (--t-max)")
+
+    @property
+    def vae_encode_tiles(self) -> tuple[int, int]:
+        """(tile, overlap) in pixels for the tiled condition encoder; the overlap is a multiple of 8."""
+        return self.vae_tile_size, self.vae_tile_size // 64 * 8
+
+    def vae_decode_tiles(self, vae_scale_factor: int) -> tuple[int, int]:
+        """(tile, overlap) in latent pixels for the tiled VAE decoder."""
+        latent_tile = self.vae_tile_size // vae_scale_factor
+        return max(latent_tile, 8), max(latent_tile // 4, 2)

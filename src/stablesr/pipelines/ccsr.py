@@ -1,0 +1,166 @@
+"""CCSR v1 as a diffusers pipeline (Sun et al. 2024, https://arxiv.org/abs/2401.00877).
+
+A frozen SD 2.1 UNet steered by the control module (`LAControlNet`) on the LR condition latent, sampled
+with non-uniform truncated sampling (one x0 jump from T, re-noise to t_max, a few ancestral steps, the
+x0 prediction at t_min as output) over Gaussian-weighted latent tiles, decoded by the VAE whose decoder
+CCSR finetuned, and colour-corrected against the upsampled input.
+
+Paper -> code: c (LR latent) -> `cond_latent` from `cond_encoder`; ControlNet -> `controlnet`;
+t_max / t_min -> `settings.t_max` / `settings.t_min`; x_hat_0 -> `x0_pred`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.utils import BaseOutput
+
+from stablesr.color_fix import apply_color_fix
+from stablesr.configs_ccsr import CCSRSettings
+from stablesr.errors import StableSRError
+from stablesr.image_processor import (
+    ImageInput,
+    OutputType,
+    input_kind,
+    postprocess_images,
+    preprocess_images,
+    to_model_range,
+    to_unit_range,
+)
+from stablesr.imaging import postprocess_sr, preprocess_lr
+from stablesr.models.controlnet import ConditionEncoder, ControlledUNet, LAControlNet
+from stablesr.models.text_encoder import PromptEmbeddings
+from stablesr.pipelines.base import SRPipeline
+from stablesr.pipelines.stablesr import NonFiniteOutputError
+from stablesr.sampling.denoisers import wrap_model
+from stablesr.sampling.samplers import default_noise_sampler
+from stablesr.sampling.schedules import alphas_cumprod_from_betas, betas_scaled_linear
+from stablesr.sampling.truncated import TruncatedPlan, plan_ccsr_v1, sample_truncated
+from stablesr.tiling.aggregation import TiledDenoiser
+from stablesr.tiling.vae import decode_tiled, encode_tiled
+
+NoiseSampler = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class CCSROutput(BaseOutput):
+    """images: list of PIL images, or a (B, 3, H, W) tensor / (B, H, W, 3) array in [0, 1]."""
+
+    images: list[PIL.Image.Image] | torch.Tensor | np.ndarray
+
+
+class CCSRPipeline(SRPipeline):
+    """Content-consistent super-resolution (CCSR v1).
+
+    Components: `unet` (SD 2.x `UNet2DConditionModel`, frozen), `controlnet` (`LAControlNet`),
+    `cond_encoder` (`ConditionEncoder`, the frozen VAE-encoder copy), `vae` (`AutoencoderKL` with the
+    finetuned decoder), `scheduler` (a `DDPMScheduler` recording the training schedule), `prompt_embeds`
+    (the cached '' embedding: CCSR always samples with the empty prompt and no guidance).
+    """
+
+    settings_class = CCSRSettings
+    model_cpu_offload_seq = "cond_encoder->controlnet->unet->vae"
+
+    def __init__(self, unet: UNet2DConditionModel, controlnet: LAControlNet, cond_encoder: ConditionEncoder,
+                 vae: AutoencoderKL, scheduler: DDPMScheduler, prompt_embeds: PromptEmbeddings) -> None:
+        super().__init__()
+        self.register_modules(unet=unet, controlnet=controlnet, cond_encoder=cond_encoder, vae=vae,
+                              scheduler=scheduler, prompt_embeds=prompt_embeds)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def plan(self, settings: CCSRSettings) -> TruncatedPlan:
+        """The timesteps a call with `settings` visits (`plan.num_evaluations` model calls per tile)."""
+        return plan_ccsr_v1(settings.num_inference_steps, settings.t_max, settings.t_min,
+                            num_train_timesteps=self.scheduler.config.num_train_timesteps)
+
+    def complete_settings(self, settings: CCSRSettings) -> CCSRSettings:
+        """Fill in min_size (one latent tile) and check the schedule against this model's timesteps."""
+        if settings.num_inference_steps > self.scheduler.config.num_train_timesteps:
+            settings.fail("num_inference_steps", f"must be <= {self.scheduler.config.num_train_timesteps}")
+        try:
+            self.plan(settings)
+        except ValueError as error:
+            raise StableSRError(f"--steps/--t-max/--t-min: {error}") from None
+        min_size = settings.min_size if settings.min_size is not None else settings.tile_size * self.vae_scale_factor
+        return replace(settings, min_size=min_size)
+
+    @torch.no_grad()
+    def __call__(self, image: ImageInput, settings: CCSRSettings | None = None, *, preset: str | None = None,
+                 generator: torch.Generator | None = None, noise_sampler: NoiseSampler | None = None,
+                 output_type: OutputType | None = None, progress: bool = True,
+                 callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+                 **options) -> CCSROutput:
+        """Super-resolve `image`: PIL image(s), a (B, 3, H, W) tensor or a (B, H, W, 3) array in [0, 1].
+
+        Returns the same kind (or `output_type`) in [0, 1], of size (H * upscale, W * upscale) rounded
+        down. `settings` (a `CCSRSettings`) or keyword `options` (its field names) choose the knobs.
+        `noise_sampler(like) -> noise` supplies every draw in order: x_T, the re-noise, one per step.
+        """
+        # 1. Check inputs and settle the settings (once)
+        settings = self.resolve_settings(settings, preset=preset, **options)
+        output_type = output_type or input_kind(image)
+        if output_type not in ("pil", "pt", "np"):
+            raise StableSRError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
+        lr_images = preprocess_images(image)  # list of (1, 3, H, W) in [0, 1]
+        noise_sampler = noise_sampler or default_noise_sampler(generator)
+
+        # 2. The empty-prompt context and the controlled UNet as a tile function
+        context = self.prompt_embeds.find("")
+        if context is None:
+            raise StableSRError("this model has no cached embedding of the empty prompt ('') in prompt_embeds")
+        context = context.to(self.device, self.unet.dtype)
+        controlled = ControlledUNet(self.unet, self.controlnet)
+
+        def tile_fn(x_tiles: torch.Tensor, cond_tiles: torch.Tensor, t: int) -> torch.Tensor:
+            timesteps = torch.full((x_tiles.shape[0],), t, dtype=torch.long, device=x_tiles.device)
+            return controlled(x_tiles, timesteps, context.expand(x_tiles.shape[0], -1, -1), cond_tiles,
+                              strength=settings.control_strength)
+
+        outputs = [self._upscale_one(lr, settings, tile_fn, noise_sampler=noise_sampler, callback=callback)
+                   for lr in lr_images]
+        self.maybe_free_model_hooks()
+
+        # 7. Convert the output
+        return CCSROutput(images=postprocess_images(outputs, output_type))
+
+    def _upscale_one(self, lr: torch.Tensor, settings: CCSRSettings, tile_fn, *, noise_sampler: NoiseSampler,
+                     callback) -> torch.Tensor:
+        """Steps 3-6 for one (1, 3, H, W) image in [0, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU."""
+        vae_dtype, scaling = self.vae.dtype, self.vae.config.scaling_factor
+
+        # 3. Preprocess: to [-1, 1], bicubic upscale (short side >= min_size), pad to a multiple of 8
+        pre = preprocess_lr(to_model_range(lr), upscale=settings.upscale, min_size=settings.min_size,
+                            multiple=self.vae_scale_factor)
+        lr_up = pre.image.to(self.device, self.cond_encoder.dtype)  # (1, 3, H, W)
+
+        # 4. Condition latent: c = mode(E_cond(lr_up)) * scaling, tiled for bounded memory
+        encode_tile, encode_overlap = settings.vae_encode_tiles
+        posterior = encode_tiled(self.cond_encoder, lr_up, tile_size=encode_tile, tile_overlap=encode_overlap)
+        cond_latent = (posterior.mode() * scaling).to(self.unet.dtype)  # (1, 4, H/8, W/8)
+
+        # 5. Sample: x_T ~ N(0, I), truncated non-uniform sampling over Gaussian-weighted latent tiles
+        model = TiledDenoiser(tile_fn, cond_latent, tile_size=settings.tile_size, tile_overlap=settings.tile_overlap,
+                              batch_size=settings.tile_batch_size)
+        config = self.scheduler.config
+        alphas_cumprod = alphas_cumprod_from_betas(
+            betas_scaled_linear(config.num_train_timesteps, config.beta_start, config.beta_end))
+        x_T = noise_sampler(cond_latent)
+        x0_pred = sample_truncated(wrap_model(model, config.prediction_type), x_T, alphas_cumprod,
+                                   self.plan(settings), noise_sampler=noise_sampler, callback=callback)
+
+        # 6. Decode with the finetuned decoder (tiled), colour-fix against lr_up, undo the padding
+        decode_tile, decode_overlap = settings.vae_decode_tiles(self.vae_scale_factor)
+        decoded = decode_tiled(self.vae, x0_pred.to(vae_dtype) / scaling, tile_size=decode_tile,
+                               tile_overlap=decode_overlap)
+        decoded = apply_color_fix(decoded.float(), lr_up.float(), method=settings.color_fix)
+        if not torch.isfinite(decoded).all():
+            raise NonFiniteOutputError(f"the decoded image has NaN/Inf values in {vae_dtype}")
+        return to_unit_range(postprocess_sr(decoded, pre)).cpu()
