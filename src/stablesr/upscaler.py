@@ -25,7 +25,7 @@ from stablesr.errors import StableSRError, WeightsNotFoundError
 from stablesr.image_processor import pil_to_tensor, tensor_to_pil
 from stablesr.imaging import load_image, resize_alpha, save_image_atomic
 
-Method = Literal["stablesr", "realesrgan"]
+Method = Literal["stablesr", "ccsr", "realesrgan"]
 
 NO_MODEL_MESSAGE = (
     "no model given. StableSR needs weights: get stablesr_000117.ckpt (and vqgan_cfw_00011.ckpt for CFW) from the "
@@ -33,6 +33,11 @@ NO_MODEL_MESSAGE = (
     "`stablesr convert stablesr_000117.ckpt vqgan_cfw_00011.ckpt -o stablesr-sd21/`, then run "
     "`stablesr upscale INPUT -o OUT --model stablesr-sd21/` (or pass the files directly with --weights). "
     "For a baseline without diffusion weights use --method realesrgan.")
+
+NO_METHOD_MODEL_MESSAGES = {"ccsr": (
+    "no model given. CCSR needs weights: get real-world_ccsr.ckpt (CCSR v1) from the links in the csslc/CCSR README, "
+    "convert once with `stablesr convert real-world_ccsr.ckpt -o ccsr-v1/`, then run "
+    "`stablesr upscale INPUT -o OUT --method ccsr --model ccsr-v1/`.")}
 
 
 class Upscaler:
@@ -70,12 +75,14 @@ class Upscaler:
         """
         if settings is not None and (preset is not None or options):
             raise StableSRError("pass either a settings object or preset / keyword options, not both")
+        from stablesr.methods import pipeline_class, settings_class
         from stablesr.weights.bundled import choose_model
 
         model = choose_model(model, weights=weights, method=method)
         if settings is None:
-            model_defaults = read_upscale_defaults(model) if model is not None else {}
-            settings = resolve_settings(UpscaleSettings, model_defaults=model_defaults, preset=preset,
+            method_settings = settings_class(method)
+            model_defaults = read_upscale_defaults(model, method_settings) if model is not None else {}
+            settings = resolve_settings(method_settings, model_defaults=model_defaults, preset=preset,
                                         overrides=options)
         device = torch.device(device)
         realesrgan = None
@@ -84,8 +91,11 @@ class Upscaler:
 
             realesrgan = RealESRGANUpscaler.from_path(realesrgan_weights, device=device)
         pipe = None
-        if method == "stablesr":
-            pipe = _load_pipeline(model, weights, base=base, trust_pickle=trust_pickle, dtype=dtype)
+        if pipeline_class(method) is not None:
+            if method == "stablesr":
+                pipe = _load_pipeline(model, weights, base=base, trust_pickle=trust_pickle, dtype=dtype)
+            else:
+                pipe = _load_method_pipeline(method, model, weights, dtype=dtype)
             pipe.to(device)
             if vae_fp32:  # fp32 VAE: avoids black/NaN images and slow CPU bf16 convolutions
                 pipe.vae.to(dtype=torch.float32)
@@ -134,6 +144,22 @@ class Upscaler:
     def _sample(self, lr: torch.Tensor, seed: int) -> torch.Tensor:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         return self.pipe(lr, self.settings, generator=generator, output_type="pt", progress=self.progress).images
+
+
+def _load_method_pipeline(method: str, model, weights, *, dtype):
+    """A method other than StableSR from a converted model folder (offline)."""
+    from stablesr.methods import pipeline_class
+    from stablesr.weights.folders import check_model_folder
+
+    if weights:
+        raise StableSRError(f"--method {method} loads a converted model folder (--model); convert the official "
+                            f"files once with `stablesr convert`")
+    if model is None or not (model / "model_index.json").is_file():
+        where = f"model folder {model} not found (no model_index.json there). " if model is not None else ""
+        raise WeightsNotFoundError(where + NO_METHOD_MODEL_MESSAGES.get(
+            method, f"--method {method} needs --model FOLDER written by `stablesr convert`."))
+    check_model_folder(model)
+    return pipeline_class(method).from_pretrained(model, dtype=dtype)
 
 
 def _load_pipeline(model, weights, *, base, trust_pickle, dtype):
