@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stablesr_000117.ckpt / stablesr_768v_000139.ckpt / stablesr_turbo.ckpt, "
                              "vqgan_cfw_00011.ckpt, a WebUI SR module, an SD 2.x diffusers folder or single file")
     parser.add_argument("-o", "--output", required=True, help="output folder")
+    parser.add_argument("--method", default="stablesr", choices=["stablesr", "ccsr"],
+                        help="stablesr (default) or ccsr: one CCSR v1 real-world_ccsr.ckpt")
     parser.add_argument("--base", choices=["sd21-base", "sd21-768v", "sd-turbo"],
                         help="SD base (default: guessed from the SR checkpoint's file name)")
     parser.add_argument("--text-encoder", metavar="SD_FOLDER",
@@ -73,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"-o {output} holds files but no model; choose an empty or new folder")
     try:
         configs = _read_json_configs(args)
+        if args.method == "ccsr":
+            return _convert_ccsr(args, configs, output)
         pipe = build_pipeline(args.checkpoints, base=args.base, trust_pickle=args.trust_pickle,
                               keep_text_encoder=args.keep_text_encoder, text_encoder_folder=args.text_encoder,
                               **configs)
@@ -92,4 +96,28 @@ def run(args: argparse.Namespace) -> int:
     cached = ", ".join(repr(t) for t in pipe.prompt_embeds.config.prompts.values())
     print(f"wrote {output} (prediction type {pipe.prediction_type}, CFW {'yes' if pipe.config.cfw_trained else 'no'}, "
           f"cached prompts: {cached})")
+    return 0
+
+
+def _convert_ccsr(args: argparse.Namespace, configs: dict, output) -> int:
+    """`--method ccsr`: one real-world_ccsr.ckpt -> a CCSRPipeline folder."""
+    import torch
+
+    from stablesr.errors import StableSRError
+    from stablesr.weights.ccsr import build_ccsr_pipeline
+    from stablesr.weights.folders import write_model_folder
+
+    if len(args.checkpoints) != 1 or configs.get("encoder_config") is not None:
+        return fail("--method ccsr takes exactly one checkpoint (real-world_ccsr.ckpt) and no --encoder-config")
+    pipe = build_ccsr_pipeline(args.checkpoints[0], trust_pickle=args.trust_pickle,
+                               unet_config=configs["unet_config"], vae_config=configs["vae_config"])
+    pipe.to(dtype={"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype])
+    try:
+        write_model_folder(output, lambda folder: pipe.save_pretrained(folder, safe_serialization=True),
+                           overwrite=args.overwrite)
+    except OSError as error:
+        return fail(f"cannot write {output}: {error.strerror or error} (nothing was changed there)", code=1)
+    except StableSRError as error:
+        return fail(str(error))
+    print(f"wrote {output} (CCSR v1: {len(pipe.controlnet.zero_convs) + 1} control residuals)")
     return 0
