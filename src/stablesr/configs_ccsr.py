@@ -2,7 +2,8 @@
 
 Defaults follow the official v1 scripts (`inference_ccsr_tile.py`): 45 respaced steps, t_max 0.6667,
 t_min 0.3333 (16 model evaluations), control strength 1, AdaIN colour fix, tiles of 512 px with a
-256 px stride, the short side brought up to 512 px.
+256 px stride, the short side brought up to 512 px. A converted v2 model folder carries its own
+defaults (`upscale_defaults.json`: the one-step recipe); the presets give the README's two v2 recipes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from stablesr.configs import ColorFix, Settings, setting
+from stablesr.configs import ColorFix, Settings, Start, setting
+
+V2_PROMPT = "clean, high-resolution, 8k"  # test_ccsr_tile.py --added_prompt
+V2_NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
 
 
 def _positive(value) -> bool:
@@ -43,8 +47,17 @@ class CCSRSettings(Settings):
                                          "(default: one latent tile, tile size x 8)", group="tiles and memory",
                                    check=_positive, rule="must be >= 1")
 
+    start: Start | None = setting(None, "v2: x_T from the noised LR latent (default, as the official script) or "
+                                        "pure noise; v1 always starts from noise")
+    guidance_scale: float = setting(1.0, "v2 classifier-free guidance scale (1 = off; the multi-step recipe: 4.5)",
+                                    check=lambda v: v >= 0, rule="must be >= 0")
+    prompt: str | None = setting(None, f"v2 prompt (default: {V2_PROMPT!r}; v1 uses the empty prompt)")
+    negative_prompt: str | None = setting(None, f"v2 negative prompt for guidance (default: {V2_NEGATIVE_PROMPT!r})")
+
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "fast": {"num_inference_steps": 15},  # 6 model evaluations (t = 999, 642, 571, 500, 428, 357)
+        "fast": {"num_inference_steps": 15},  # v1: 6 model evaluations (t = 999, 642, 571, 500, 428, 357)
+        "v2-one-step": {"num_inference_steps": 1, "t_max": 0.6666, "t_min": 0.0, "guidance_scale": 1.0},
+        "v2-multi-step": {"num_inference_steps": 6, "t_max": 0.6667, "t_min": 0.5, "guidance_scale": 4.5},
     }
 
     def check_together(self) -> None:

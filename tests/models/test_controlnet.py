@@ -83,3 +83,24 @@ def test_save_load_round_trip(tmp_path):
     for a, b in ((control, loaded_c), (encoder, loaded_e)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@torch.no_grad()
+def test_v2_latent_controlnet_starts_as_the_unet_and_its_condition_conv_acts():
+    from stablesr.models.controlnet import LatentControlNet
+
+    unet = tiny_unet()
+    control = LatentControlNet.from_unet(unet)
+    x_t, t, context, condition = inputs()
+    plain = unet(x_t, t, encoder_hidden_states=context).sample
+    assert torch.equal(ControlledUNet(unet, control)(x_t, t, context, condition), plain)
+    conv = control.controlnet.controlnet_cond_embedding
+    assert conv.weight.shape == (32, 4, 3, 3)
+    torch.manual_seed(4)
+    for p in [*control.controlnet.controlnet_down_blocks.parameters(), *conv.parameters()]:
+        p.normal_(0, 0.05)
+    down, mid = control(x_t, t, context, condition)
+    down0, _ = control(x_t, t, context, torch.zeros_like(condition))
+    assert len(down) == 12 and not torch.equal(down[0], down0[0])  # the LR latent enters through the conv
+    with_half = control(x_t, t, context, condition, strength=0.5)
+    assert torch.equal(with_half[1], mid * 0.5)

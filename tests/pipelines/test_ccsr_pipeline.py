@@ -86,3 +86,55 @@ def test_save_load_round_trip(pipe, tmp_path):
     for name in ("unet", "controlnet", "cond_encoder", "vae"):
         a, b = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+@pytest.fixture(scope="module")
+def pipe_v2():
+    return make_tiny_ccsr_pipeline(version="v2")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(("preset", "visited"), [("v2-one-step", [999]), ("v2-multi-step", [999, 499])])
+def test_v2_call_equals_the_steps_composed_by_hand(pipe_v2, preset, visited):
+    from stablesr.configs_ccsr import V2_NEGATIVE_PROMPT, V2_PROMPT
+    from stablesr.pipelines.ccsr import make_control_tile_fn
+    from stablesr.sampling.samplers import q_sample
+    from stablesr.sampling.truncated import plan_ccsr_v2
+
+    pipe, lr, seen = pipe_v2, lr_image(), []
+    settings = pipe.resolve_settings(preset=preset, min_size=48)
+    out = pipe(lr, settings, generator=torch.Generator().manual_seed(0), output_type="pt",
+               callback=lambda k, t, x, x0: seen.append(t)).images
+    assert seen == visited and pipe.plan(settings).num_evaluations == len(visited)
+    # by hand: posterior sample, x_T = q(c, 999), negative-only first evaluation, CFG afterwards, x0 output
+    pre = preprocess_lr(lr * 2 - 1, upscale=4.0, min_size=48, multiple=8)
+    scaling, noise = pipe.vae.config.scaling_factor, default_noise_sampler(torch.Generator().manual_seed(0))
+    posterior = pipe.vae.encode(pre.image).latent_dist
+    cond = (posterior.mean + posterior.std * noise(posterior.mean)) * scaling
+    alphas = alphas_cumprod_from_betas(betas_scaled_linear())
+    x_T = q_sample(cond, float(alphas[999]), noise(cond))
+    controlled = ControlledUNet(pipe.unet, pipe.controlnet)
+    positive, negative = pipe.prompt_embeds.find(V2_PROMPT), pipe.prompt_embeds.find(V2_NEGATIVE_PROMPT)
+    main_fn = make_control_tile_fn(controlled, positive, negative if settings.guidance_scale != 1 else None, settings)
+    first_fn = make_control_tile_fn(controlled, negative if settings.guidance_scale != 1 else positive, None, settings)
+    x0 = sample_truncated(EpsDenoiser(lambda x, t: main_fn(x, cond, t)), x_T, alphas,
+                          plan_ccsr_v2(settings.num_inference_steps, settings.t_max, settings.t_min),
+                          first_denoiser=EpsDenoiser(lambda x, t: first_fn(x, cond, t)), noise_sampler=noise)
+    decoded = apply_color_fix(pipe.vae.decode(x0 / scaling).sample, pre.image, method="adain")
+    assert_close_scaled(out, (postprocess_sr(decoded, pre) + 1) / 2, FLOAT32_REL, preset)
+
+
+def test_v1_refuses_v2_settings(pipe):
+    with pytest.raises(SettingsError, match="--guidance-scale"):
+        pipe.resolve_settings(guidance_scale=4.5)
+    assert pipe.resolve_settings().prompt == ""
+
+
+def test_v2_save_load_round_trip_without_condition_encoder(pipe_v2, tmp_path):
+    from stablesr.pipelines.ccsr import CCSRPipeline
+
+    pipe_v2.save_pretrained(tmp_path, safe_serialization=True)
+    loaded = CCSRPipeline.from_pretrained(tmp_path)
+    assert loaded.version == "v2" and loaded.cond_encoder is None
+    a, b = pipe_v2.controlnet.state_dict(), loaded.controlnet.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,4 +1,4 @@
-"""CCSR v1 control module ("LAControlNet") and its frozen condition encoder, beside a diffusers UNet.
+"""CCSR control modules (v1 "LAControlNet", v2 latent-conditioned ControlNet) and v1's condition encoder.
 
 CCSR (Sun et al. 2024, https://arxiv.org/abs/2401.00877) steers a frozen SD 2.1 UNet with a
 ControlNet (Zhang et al. 2023, https://arxiv.org/abs/2302.05543) without a hint CNN: the trainable
@@ -9,12 +9,15 @@ skips before the decoder concatenates them, and to the middle block's output).
 
     c          = mode(E_cond(2 lr - 1)) * scaling    (`ConditionEncoder`, a frozen copy of the VAE encoder)
     residuals  = strength * zero_conv_k(h_k)         (13 for SD 2.x: 12 skips + the middle block)
+
+CCSR v2 (`LatentControlNet`) is a diffusers `ControlNetModel` whose hint CNN is replaced by one 3x3 conv
+on the LR VAE latent (official name `condition_conv_in`), added to conv_in(x_t).
 """
 
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -97,10 +100,44 @@ class LAControlNet(ModelMixin, ConfigMixin):
         return down, strength * self.mid_zero_conv(h)
 
 
+class LatentControlNet(ModelMixin, ConfigMixin):
+    """CCSR v2: a diffusers ControlNetModel (`controlnet_config`) conditioned by a conv on the LR latent.
+
+    `controlnet.controlnet_cond_embedding` is Conv2d(condition_channels -> block_out_channels[0], 3x3), the
+    official `condition_conv_in`; forward returns the (down, mid) residuals like `LAControlNet`.
+    """
+
+    @register_to_config
+    def __init__(self, *, controlnet_config: dict, condition_channels: int = 4) -> None:
+        super().__init__()
+        self.controlnet = ControlNetModel.from_config(controlnet_config)
+        width = controlnet_config["block_out_channels"][0]
+        self.controlnet.controlnet_cond_embedding = nn.Conv2d(condition_channels, width, kernel_size=3, padding=1)
+
+    @classmethod
+    def from_unet(cls, unet: UNet2DConditionModel, *, condition_channels: int = 4) -> LatentControlNet:
+        """Initialised from `unet` (diffusers' ControlNetModel.from_unet); the condition conv starts at zero."""
+        base = ControlNetModel.from_unet(unet)
+        control = cls(controlnet_config=_structure(base.config), condition_channels=condition_channels)
+        state = {k: v for k, v in base.state_dict().items() if not k.startswith("controlnet_cond_embedding.")}
+        control.controlnet.load_state_dict(state, strict=False)
+        nn.init.zeros_(control.controlnet.controlnet_cond_embedding.weight)
+        nn.init.zeros_(control.controlnet.controlnet_cond_embedding.bias)
+        return control if control.dtype == unet.dtype else control.to(dtype=unet.dtype)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                condition: torch.Tensor, *, strength: float = 1.0) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """x_t, condition (B, 4, h, w) (the scaled LR latent), t (B,), context (B, 77, D) -> (down, mid) residuals."""
+        t = t.reshape(-1).expand(x_t.shape[0]).to(x_t.device)
+        down, mid = self.controlnet(x_t, t, encoder_hidden_states, controlnet_cond=condition.to(x_t.dtype),
+                                    conditioning_scale=strength, return_dict=False)
+        return tuple(down), mid
+
+
 class ControlledUNet(nn.Module):
     """Runtime composition: the frozen diffusers UNet plus a control module's residuals (no copied UNet)."""
 
-    def __init__(self, unet: UNet2DConditionModel, controlnet: LAControlNet) -> None:
+    def __init__(self, unet: UNet2DConditionModel, controlnet: LAControlNet | LatentControlNet) -> None:
         super().__init__()
         self.unet, self.controlnet = unet, controlnet
 
