@@ -110,3 +110,55 @@ def test_convert_then_upscale_from_the_cli(official, tmp_path, capsys):
     assert main(["upscale", str(tmp_path / "p.png"), "-o", str(tmp_path / "out"), "--method", "ccsr", "--model",
                  str(tmp_path / "ccsr"), "--steps", "15", "--min-size", "32", "--no-progress"]) == 0
     assert Image.open(tmp_path / "out" / "p.png").size == (48, 32)
+
+
+def test_v2_official_folders_convert_exactly_and_upscale(tmp_path):
+    import json
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from PIL import Image
+    from tiny_ccsr import TINY_UNET, TINY_VAE
+
+    from stablesr.cli.main import main
+    from stablesr.models.controlnet import LatentControlNet
+
+    transformers = pytest.importorskip("transformers")
+    from test_loading import tiny_tokenizer
+
+    torch.manual_seed(0)
+    sd = tmp_path / "sd21-base"
+    unet = UNet2DConditionModel(**TINY_UNET)
+    unet.save_pretrained(sd / "unet")
+    AutoencoderKL(**TINY_VAE).save_pretrained(sd / "vae")
+    tiny_tokenizer(sd / "tokenizer")
+    text_config = transformers.CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64,
+                                              num_hidden_layers=1, num_attention_heads=2, hidden_act="gelu")
+    transformers.CLIPTextModel(text_config).save_pretrained(sd / "text_encoder")
+    control = LatentControlNet.from_unet(unet)
+    with torch.no_grad():
+        for p in control.parameters():
+            p.add_(0.01)
+    official = {("condition_conv_in." + k.split(".", 2)[2]) if k.startswith("controlnet.controlnet_cond_embedding.")
+                else k[len("controlnet."):]: v.contiguous() for k, v in control.state_dict().items()}
+    (tmp_path / "controlnet").mkdir()
+    save_file(official, tmp_path / "controlnet" / "diffusion_pytorch_model.safetensors")
+    config = {"_class_name": "ControlNetModel", **control.config.controlnet_config, "use_vae_encode_condition": True}
+    (tmp_path / "controlnet" / "config.json").write_text(json.dumps(config))
+    finetuned = AutoencoderKL(**TINY_VAE)
+    finetuned.save_pretrained(tmp_path / "vae")
+    out = tmp_path / "ccsr-v2"
+    folders = [str(tmp_path / "vae"), str(sd), str(tmp_path / "controlnet")]
+    assert main(["convert", *folders, "-o", str(out), "--method", "ccsr"]) == 0
+    pipe = CCSRPipeline.from_pretrained(out)
+    assert pipe.version == "v2" and pipe.resolve_settings().num_inference_steps == 1
+    loaded = pipe.controlnet.state_dict()
+    assert loaded.keys() == control.state_dict().keys()
+    assert all(torch.equal(loaded[k], v) for k, v in control.state_dict().items())
+    assert torch.equal(pipe.vae.decoder.conv_out.weight, finetuned.decoder.conv_out.weight)
+    Image.new("RGB", (12, 8), (120, 60, 30)).save(tmp_path / "p.png")
+    args = ["upscale", str(tmp_path / "p.png"), "-o", str(tmp_path / "sr"), "--method", "ccsr", "--model", str(out),
+            "--min-size", "32", "--no-progress"]
+    assert main([*args, "--preset", "v2-multi-step"]) == 0
+    assert Image.open(tmp_path / "sr" / "p.png").size == (48, 32)
+    (tmp_path / "controlnet" / "config.json").write_text(json.dumps({**config, "use_vae_encode_condition": False}))
+    assert main(["convert", *folders, "-o", str(tmp_path / "bad"), "--method", "ccsr"]) != 0

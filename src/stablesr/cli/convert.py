@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "vqgan_cfw_00011.ckpt, a WebUI SR module, an SD 2.x diffusers folder or single file")
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument("--method", default="stablesr", choices=["stablesr", "ccsr"],
-                        help="stablesr (default) or ccsr: one CCSR v1 real-world_ccsr.ckpt")
+                        help="stablesr (default) or ccsr: one CCSR v1 real-world_ccsr.ckpt, or the CCSR v2 "
+                             "controlnet/ and vae/ folders plus an SD 2.1-base diffusers folder")
     parser.add_argument("--base", choices=["sd21-base", "sd21-768v", "sd-turbo"],
                         help="SD base (default: guessed from the SR checkpoint's file name)")
     parser.add_argument("--text-encoder", metavar="SD_FOLDER",
@@ -100,17 +101,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _convert_ccsr(args: argparse.Namespace, configs: dict, output) -> int:
-    """`--method ccsr`: one real-world_ccsr.ckpt -> a CCSRPipeline folder."""
+    """`--method ccsr`: one real-world_ccsr.ckpt (v1) or the three v2 folders -> a CCSRPipeline folder."""
+    from pathlib import Path
+
     import torch
 
     from stablesr.errors import StableSRError
-    from stablesr.weights.ccsr import build_ccsr_pipeline
+    from stablesr.weights.ccsr import build_ccsr_pipeline, build_ccsr_v2_pipeline
     from stablesr.weights.folders import write_model_folder
 
-    if len(args.checkpoints) != 1 or configs.get("encoder_config") is not None:
-        return fail("--method ccsr takes exactly one checkpoint (real-world_ccsr.ckpt) and no --encoder-config")
-    pipe = build_ccsr_pipeline(args.checkpoints[0], trust_pickle=args.trust_pickle,
-                               unet_config=configs["unet_config"], vae_config=configs["vae_config"])
+    if configs.get("encoder_config") is not None:
+        return fail("--method ccsr takes no --encoder-config")
+    if all(Path(path).is_dir() for path in args.checkpoints):
+        pipe = build_ccsr_v2_pipeline(args.checkpoints)
+        pipe.upscale_defaults = {"num_inference_steps": 1, "t_max": 0.6666, "t_min": 0.0}  # the README one-step
+    elif len(args.checkpoints) == 1:
+        pipe = build_ccsr_pipeline(args.checkpoints[0], trust_pickle=args.trust_pickle,
+                                   unet_config=configs["unet_config"], vae_config=configs["vae_config"])
+    else:
+        return fail("--method ccsr takes one real-world_ccsr.ckpt (v1) or the v2 controlnet/, vae/ and SD folders")
     pipe.to(dtype={"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype])
     try:
         write_model_folder(output, lambda folder: pipe.save_pretrained(folder, safe_serialization=True),
@@ -119,5 +128,5 @@ def _convert_ccsr(args: argparse.Namespace, configs: dict, output) -> int:
         return fail(f"cannot write {output}: {error.strerror or error} (nothing was changed there)", code=1)
     except StableSRError as error:
         return fail(str(error))
-    print(f"wrote {output} (CCSR v1: {len(pipe.controlnet.zero_convs) + 1} control residuals)")
+    print(f"wrote {output} (CCSR {pipe.version})")
     return 0

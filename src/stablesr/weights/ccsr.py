@@ -1,4 +1,5 @@
-"""CCSR v1 `real-world_ccsr.ckpt` (LDM layout) -> `CCSRPipeline`, through explicit key maps.
+"""CCSR official weights -> `CCSRPipeline`, through explicit key maps: v1 `real-world_ccsr.ckpt` (LDM
+layout) and the v2 diffusers folders (`controlnet/`, `vae/`, plus the SD 2.1-base folder).
 
 Prefixes of the official checkpoint and where they go (facts: reference section A4):
 
@@ -13,17 +14,24 @@ Prefixes of the official checkpoint and where they go (facts: reference section 
 
 Everything else (schedule buffers, `decoder_loss.*`) is ignored. A missing part, an unknown key inside
 a part, or a wrong shape raises one `CheckpointMismatchError` naming the keys.
+
+v2: `controlnet/` is a diffusers ControlNetModel folder whose config has `use_vae_encode_condition: true`
+and whose `condition_conv_in.*` conv replaces the hint CNN (-> `controlnet.controlnet_cond_embedding.*`);
+`vae/` is a whole AutoencoderKL with the finetuned decoder; the UNet and text encoder come from SD 2.1-base.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
 
+from stablesr.configs_ccsr import V2_NEGATIVE_PROMPT, V2_PROMPT
 from stablesr.errors import CheckpointMismatchError, WeightsNotFoundError
-from stablesr.models.controlnet import ConditionEncoder, LAControlNet
+from stablesr.models.controlnet import ConditionEncoder, LAControlNet, LatentControlNet
+from stablesr.models.text_encoder import PromptEmbeddings
 from stablesr.weights.io import load_state_dict
 from stablesr.weights.keymap_unet import convert_strict, unet_module_map
 from stablesr.weights.keymap_vae import convert_ldm_vae
@@ -32,6 +40,8 @@ from stablesr.weights.loading import (
     build_prompt_embeddings,
     build_text_encoder,
     build_unet,
+    encode_text,
+    load_sd_folder,
     load_strict,
     make_scheduler,
     shipped_config,
@@ -113,3 +123,56 @@ def build_ccsr_pipeline(checkpoint: str | Path | dict, *, trust_pickle: bool = F
     return CCSRPipeline(unet=unet.eval().requires_grad_(False), controlnet=controlnet.eval(),
                         cond_encoder=cond_encoder.eval().requires_grad_(False), vae=vae.eval().requires_grad_(False),
                         scheduler=make_scheduler("epsilon"), prompt_embeds=prompts)
+
+
+# ------------------------------------------------------------------------------------------------ v2
+V2_CONDITION_CONV = "condition_conv_in."
+
+
+def _folder_class(folder: Path) -> str | None:
+    config = folder / "config.json"
+    return json.loads(config.read_text()).get("_class_name") if config.is_file() else None
+
+
+def convert_v2_controlnet(state: dict, config: dict) -> LatentControlNet:
+    """The official v2 ControlNet (diffusers keys, `condition_conv_in.*`) -> LatentControlNet, exactly."""
+    if not config.get("use_vae_encode_condition"):
+        raise CheckpointMismatchError("not a CCSR v2 ControlNet: its config.json lacks use_vae_encode_condition: "
+                                      "true (a standard ControlNet has a hint CNN instead of a latent conv)")
+    structure = {k: v for k, v in config.items() if not k.startswith("_") and k != "use_vae_encode_condition"}
+    control = LatentControlNet(controlnet_config=structure)
+    renamed = {("controlnet.controlnet_cond_embedding." + k[len(V2_CONDITION_CONV):]) if k.startswith(V2_CONDITION_CONV)
+               else "controlnet." + k: v for k, v in state.items() if not k.startswith("controlnet_cond_embedding.")}
+    load_strict(control, renamed, "CCSR v2 ControlNet")
+    return control.eval()
+
+
+def build_ccsr_v2_pipeline(folders: list[str | Path]):
+    """A v2 CCSRPipeline from the official `controlnet/` and `vae/` folders and an SD 2.1-base diffusers folder
+    (unet/, text_encoder/, tokenizer/), in any order; the v2 prompts and '' are encoded once and cached."""
+    from stablesr.pipelines.ccsr import CCSRPipeline
+
+    kinds: dict[str, Path] = {}
+    for folder in map(Path, folders):
+        kind = {"ControlNetModel": "controlnet", "AutoencoderKL": "vae"}.get(_folder_class(folder))
+        kinds[kind or ("sd" if (folder / "unet").is_dir() else "?")] = folder
+    missing = [name for name in ("controlnet", "vae", "sd") if name not in kinds]
+    if missing or "?" in kinds:
+        raise WeightsNotFoundError(f"CCSR v2 needs three folders: controlnet/ and vae/ (official release) and an SD "
+                                   f"2.1-base diffusers folder; missing {missing}" +
+                                   (f", not recognised: {kinds['?']}" if "?" in kinds else ""))
+    weights = sorted(kinds["controlnet"].glob("diffusion_pytorch_model*.safetensors")) or \
+        sorted(kinds["controlnet"].glob("diffusion_pytorch_model*.bin"))
+    if not weights:
+        raise WeightsNotFoundError(f"no diffusion_pytorch_model.safetensors (or .bin) in {kinds['controlnet']}")
+    state = {k: v for path in weights for k, v in load_state_dict(path).items()}
+    controlnet = convert_v2_controlnet(state, json.loads((kinds["controlnet"] / "config.json").read_text()))
+    vae = AutoencoderKL.from_pretrained(kinds["vae"], local_files_only=True).eval().requires_grad_(False)
+    unet, _, _, text_encoder, tokenizer = load_sd_folder(kinds["sd"])
+    if text_encoder is None:
+        raise WeightsNotFoundError(f"{kinds['sd']} has no text_encoder/ and tokenizer/ to encode the v2 prompts")
+    texts = {"null": "", "positive": V2_PROMPT, "negative": V2_NEGATIVE_PROMPT}
+    with torch.no_grad():
+        embeddings = {name: encode_text(text_encoder, tokenizer, text) for name, text in texts.items()}
+    return CCSRPipeline(unet=unet, controlnet=controlnet, vae=vae, scheduler=make_scheduler("epsilon"),
+                        prompt_embeds=PromptEmbeddings.from_tensors(embeddings, texts))
