@@ -242,8 +242,23 @@ class PriorTrainConfig:
                                                                  max_steps=2000, checkpoint_every=250))
 
 
+@dataclass(frozen=True)
+class CCSRStage1TrainConfig:
+    """`stablesr train ccsr-stage1`: the CCSR control module on a frozen SD UNet (v1 or v2, by the model).
+
+    `model.pipeline`: a CCSR pipeline folder (`stablesr convert --method ccsr`, or a previous run);
+    `t_max_step`: the truncation point tau (official: round(1000 * 0.6667) = 667).
+    """
+
+    model: ModelInit = field(default_factory=ModelInit)
+    data: DataSettings = field(default_factory=DataSettings)
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+    t_max_step: int = 667
+
+
 STAGES: dict[str, type] = {"stablesr": StableSRTrainConfig, "cfw": CFWTrainConfig, "vae": VAETrainConfig,
-                           "prior": PriorTrainConfig}
+                           "prior": PriorTrainConfig, "ccsr-stage1": CCSRStage1TrainConfig}
 
 
 def config_from_dict(cls: type[Config], data: dict) -> Config:
