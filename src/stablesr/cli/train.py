@@ -15,6 +15,7 @@ STAGE_HELP = {
     "vae": "a KL autoencoder (4 latent channels) from scratch on HR crops",
     "prior": "a latent diffusion UNet prior from scratch (null context) in a trained VAE's latent space",
     "ccsr-stage1": "CCSR stage 1: the control module (v1 or v2, by the model) for truncated sampling",
+    "ccsr-stage2": "CCSR stage 2: the VAE decoder on the frozen stage-1 trajectory (L1 + LPIPS + GAN)",
 }
 
 
@@ -80,6 +81,10 @@ def make_trainer(stage: str, config):
         from stablesr.training.ccsr_trainer import CCSRStage1Trainer
 
         return CCSRStage1Trainer(config)
+    if stage == "ccsr-stage2":
+        from stablesr.training.ccsr_trainer import CCSRStage2Trainer
+
+        return CCSRStage2Trainer(config)
     if stage == "vae":
         from stablesr.training.vae_trainer import VAETrainer
 

@@ -257,8 +257,29 @@ class CCSRStage1TrainConfig:
     t_max_step: int = 667
 
 
+@dataclass(frozen=True)
+class CCSRStage2TrainConfig:
+    """`stablesr train ccsr-stage2`: finetune the VAE decoder (v1: + post_quant_conv) on the frozen stage-1
+    trajectory's x0 (steps / t_max / t_min: the sampling recipe; None steps: 45 for v1, 1 for v2).
+
+    Loss: L1 + perceptual_weight * LPIPS(VGG) when its weights are found + disc_weight * hinge GAN
+    (PatchGAN); the official v1 run: Adam(5e-6, betas (0.5, 0.9)), disc weight 0.5 from step 1.
+    """
+
+    model: ModelInit = field(default_factory=ModelInit)
+    data: DataSettings = field(default_factory=DataSettings)
+    loss: CFWLossSettings = field(default_factory=lambda: CFWLossSettings(disc_weight=0.5, disc_start=1))
+    optimizer: OptimizerSettings = field(
+        default_factory=lambda: OptimizerSettings(learning_rate=5e-6, betas=(0.5, 0.9), weight_decay=0.0))
+    run: RunSettings = field(default_factory=RunSettings)
+    steps: int | None = None
+    t_max: float = 0.6667
+    t_min: float | None = None
+
+
 STAGES: dict[str, type] = {"stablesr": StableSRTrainConfig, "cfw": CFWTrainConfig, "vae": VAETrainConfig,
-                           "prior": PriorTrainConfig, "ccsr-stage1": CCSRStage1TrainConfig}
+                           "prior": PriorTrainConfig, "ccsr-stage1": CCSRStage1TrainConfig,
+                           "ccsr-stage2": CCSRStage2TrainConfig}
 
 
 def config_from_dict(cls: type[Config], data: dict) -> Config:
