@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "StableSRPipeline": "stablesr.pipelines.stablesr",
+    "CCSRPipeline": "stablesr.pipelines.ccsr",
 }
 
 
@@ -18,4 +19,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'stablesr' has no attribute {name!r}")
 
 
-__all__ = ["StableSRPipeline", "__version__"]
+__all__ = ["CCSRPipeline", "StableSRPipeline", "__version__"]
