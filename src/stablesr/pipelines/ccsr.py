@@ -157,7 +157,8 @@ class CCSRPipeline(SRPipeline):
 
         Returns the same kind (or `output_type`) in [0, 1], of size (H * upscale, W * upscale) rounded
         down. `settings` (a `CCSRSettings`) or keyword `options` (its field names) choose the knobs.
-        `noise_sampler(like) -> noise` supplies every draw in order: x_T, the re-noise, one per step.
+        `noise_sampler(like) -> noise` supplies every draw in order: (v2: the posterior sample,) x_T, the
+        re-noise, one per loop step but the last. callback(k, t, x_t, x0_pred) follows every evaluation.
         """
         # 1. Check inputs and settle the settings (once)
         settings = self.resolve_settings(settings, preset=preset, **options)
