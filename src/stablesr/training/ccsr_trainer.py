@@ -123,6 +123,18 @@ class CCSRStage1Trainer(StableSRTrainer):
         """Nothing to detach (the control module composes with the UNet without hooks)."""
 
 
+class LatentDecoder(torch.nn.Module):
+    """z (B, 4, h, w) UNSCALED -> image (B, 3, 8h, 8w): the VAE's decode path as one module, so that
+    accelerate can wrap it (DDP synchronises the decoder's gradients only through a wrapped forward)."""
+
+    def __init__(self, vae) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z).sample
+
+
 class CCSRStage2Trainer(CCSRStage1Trainer):
     """Stage 2: the frozen stage-1 trajectory (no gradients) gives x0; the VAE decoder learns to decode it.
 
@@ -153,11 +165,11 @@ class CCSRStage2Trainer(CCSRStage1Trainer):
         discriminator = PatchDiscriminator(channels=config.loss.disc_channels, num_layers=config.loss.disc_layers)
         adam = dict(lr=config.optimizer.learning_rate, betas=config.optimizer.betas,
                     weight_decay=config.optimizer.weight_decay, eps=config.optimizer.eps)
-        self.discriminator, optimizer_g, optimizer_d = accelerator.prepare(
-            discriminator, torch.optim.Adam(self.trainable.parameters(), **adam),
+        self.decoder_model, self.discriminator, optimizer_g, optimizer_d = accelerator.prepare(
+            LatentDecoder(pipe.vae), discriminator, torch.optim.Adam(self.trainable.parameters(), **adam),
             torch.optim.Adam(discriminator.parameters(), **adam))
         self.optimizers = {"decoder": optimizer_g, "discriminator": optimizer_d}
-        self.accumulate_modules = [self.discriminator]
+        self.accumulate_modules = [self.decoder_model, self.discriminator]
         self.controlled = ControlledUNet(pipe.unet, pipe.controlnet)
         self.context = pipe.prompt_embeds.find("").to(accelerator.device)
         self.alphas_cumprod = alphas_cumprod_from_betas(betas_scaled_linear()).float().to(accelerator.device)
@@ -210,7 +222,7 @@ class CCSRStage2Trainer(CCSRStage1Trainer):
             z_gt = encode_latent(vae, gt, generator).float()
             x0 = self.trajectory_x0(z_gt, self.condition(lr_up, generator).float(), generator)
         with self.accelerator.autocast():
-            image = vae.decode(x0 / vae.config.scaling_factor).sample.float().clamp(-1, 1)  # (B, 3, S, S)
+            image = self.decoder_model(x0 / vae.config.scaling_factor).float().clamp(-1, 1)  # (B, 3, S, S)
         l1 = (image - gt).abs().mean()
         perceptual = self.perceptual(image, gt).mean() if self.perceptual is not None else l1.new_zeros(())
         disc_on = self.step >= loss_settings.disc_start
