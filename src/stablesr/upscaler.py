@@ -23,7 +23,7 @@ import torch
 from stablesr.configs import UpscaleSettings, read_upscale_defaults, resolve_settings
 from stablesr.errors import StableSRError, WeightsNotFoundError
 from stablesr.image_processor import pil_to_tensor, tensor_to_pil
-from stablesr.imaging import load_image, resize_alpha, save_image_atomic
+from stablesr.imaging import check_output_size, image_size, load_image, resize_alpha, save_image_atomic
 
 Method = Literal["stablesr", "realesrgan"]
 
@@ -95,7 +95,10 @@ class Upscaler:
 
     # ------------------------------------------------------------------ entries
     def upscale_file(self, src: str | Path, dst: str | Path, *, seed: int = 0, overwrite: bool = True) -> Path:
-        """Read `src`, super-resolve, write `dst` atomically with its alpha, ICC profile and bit depth."""
+        """Read `src`, super-resolve, write `dst` atomically with its alpha, ICC profile and bit depth.
+        An output over `MAX_OUTPUT_PIXELS` is refused from the file header, before anything is decoded."""
+        width, height = image_size(src)
+        check_output_size(height, width, self.settings.upscale)
         loaded = load_image(src)
         sr = self.upscale_tensor(loaded.to_unit_tensor(), seed=seed)  # full (16-bit) precision kept
         alpha = resize_alpha(loaded.alpha, (sr.shape[-1], sr.shape[-2])) if loaded.alpha is not None else None
