@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
+import PIL.Image
 import torch
 
 from conftest import write_hr_images
 from stablesr.cli.main import main
 from stablesr.models.degradation_learner import DegradationLearner
 
+TRAINING_TESTS = Path(__file__).resolve().parents[1] / "training"
 TINY_LEARNER = "{block: basic, layers: [1, 1], widths: [8, 16], stem_channels: 8}"
 
 
@@ -25,3 +30,23 @@ def test_stage1_trains_checkpoints_resumes_and_exports_the_learner(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step-00000002").is_dir()
     assert main([*common, "--run.max_steps", "3", "--run.resume", "latest"]) == 0
     assert (tmp_path / "run" / "checkpoints" / "step-00000003").is_dir()
+
+
+def _tiny_deedsr():
+    spec = importlib.util.spec_from_file_location("tiny_deedsr", TRAINING_TESTS / "tiny_deedsr.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_upscale_method_deedsr_uses_its_settings_and_pipeline(tmp_path, capsys):
+    _tiny_deedsr().make_tiny_deedsr_pipeline().save_pretrained(tmp_path / "model", safe_serialization=True)
+    PIL.Image.new("RGB", (12, 10), (120, 30, 200)).save(tmp_path / "lr.png")
+    common = ["upscale", str(tmp_path / "lr.png"), "-o", str(tmp_path / "sr"), "--method", "deedsr", "--model",
+              str(tmp_path / "model"), "--device", "cpu", "--no-progress"]
+    assert main([*common, "--fidelity", "0.5"]) == 2
+    assert "--fidelity does not apply to --method deedsr" in capsys.readouterr().err
+    assert main([*common, "--steps", "3", "--guided-steps", "4"]) == 2
+    assert "--guided-steps 4 (guided_steps): must be <= the number of steps 3" in capsys.readouterr().err
+    assert main([*common, "--steps", "3", "--guided-steps", "2", "--tile-size", "8", "--tile-overlap", "4"]) == 0
+    assert PIL.Image.open(tmp_path / "sr" / "lr.png").size == (48, 40)
