@@ -50,3 +50,30 @@ def test_upscale_method_deedsr_uses_its_settings_and_pipeline(tmp_path, capsys):
     assert "--guided-steps 4 (guided_steps): must be <= the number of steps 3" in capsys.readouterr().err
     assert main([*common, "--steps", "3", "--guided-steps", "2", "--tile-size", "8", "--tile-overlap", "4"]) == 0
     assert PIL.Image.open(tmp_path / "sr" / "lr.png").size == (48, 40)
+
+
+def test_stage1_then_stage2_then_upscale_end_to_end(tmp_path):
+    """Both stages from the command line on tiny models, then `upscale --method deedsr` with the result."""
+    tiny_models = importlib.util.module_from_spec(
+        spec := importlib.util.spec_from_file_location("tiny_models", TRAINING_TESTS / "tiny_models.py"))
+    spec.loader.exec_module(tiny_models)
+    tiny_models.make_tiny_pipeline().save_pretrained(tmp_path / "base", safe_serialization=True)
+    write_hr_images(tmp_path / "hr", count=3)
+    data = f"{{hr_folders: [{tmp_path / 'hr'}], crop_size: 64, min_size: 64, batch_size: 2, num_workers: 0}}"
+    (tmp_path / "stage1.yaml").write_text(
+        f"architecture: {TINY_LEARNER}\ncontrastive: {{queue_size: 8, head_dim: 8, patch_size: 8}}\ndata: {data}\n"
+        f"run: {{output_dir: {tmp_path / 'stage1'}, max_steps: 2, progress: false}}\n")
+    assert main(["train", "deedsr-degradation", "--config", str(tmp_path / "stage1.yaml")]) == 0
+    (tmp_path / "stage2.yaml").write_text(
+        f"model: {{base: {tmp_path / 'base'}, degradation_learner: {tmp_path / 'stage1'}}}\n"
+        "adapter: {cond_channels: 32, hidden_channels: 16, model_channels: 32, channel_mult: [1, 2], num_heads: 2}\n"
+        f"data: {data}\n"
+        f"run: {{output_dir: {tmp_path / 'stage2'}, max_steps: 2, gradient_accumulation_steps: 1, progress: false}}\n")
+    assert main(["train", "deedsr", "--config", str(tmp_path / "stage2.yaml")]) == 0
+    for name in ("unet", "adapter", "degradation_learner", "vae", "scheduler"):
+        assert (tmp_path / "stage2" / name).is_dir()
+    PIL.Image.new("RGB", (12, 10), (120, 30, 200)).save(tmp_path / "lr.png")
+    assert main(["upscale", str(tmp_path / "lr.png"), "-o", str(tmp_path / "sr"), "--method", "deedsr", "--model",
+                 str(tmp_path / "stage2"), "--steps", "3", "--tile-size", "8", "--tile-overlap", "4", "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert PIL.Image.open(tmp_path / "sr" / "lr.png").size == (48, 40)

@@ -15,6 +15,7 @@ STAGE_HELP = {
     "vae": "a KL autoencoder (4 latent channels) from scratch on HR crops",
     "prior": "a latent diffusion UNet prior from scratch (null context) in a trained VAE's latent space",
     "deedsr-degradation": "DeeDSR stage 1: the ResNet degradation learner by MoCo contrastive learning",
+    "deedsr": "DeeDSR stage 2: degradation-aware adapter, modulation and cross-attention key/value projections",
 }
 
 
@@ -76,6 +77,10 @@ def make_trainer(stage: str, config):
         from stablesr.training.stablesr_trainer import StableSRTrainer
 
         return StableSRTrainer(config)
+    if stage == "deedsr":
+        from stablesr.training.deedsr_trainer import DeeDSRTrainer
+
+        return DeeDSRTrainer(config)
     if stage == "deedsr-degradation":
         from stablesr.training.degradation_trainer import DegradationTrainer
 

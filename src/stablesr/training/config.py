@@ -293,9 +293,48 @@ class DegradationTrainConfig:
                                                                  checkpoint_every=5000))
 
 
+@dataclass(frozen=True)
+class DeeDSRModelInit:
+    """Where DeeDSR stage 2 starts: `pipeline`, a DeeDSR folder (a previous `train deedsr` run) to continue; or
+    `base`, a StableSR-format pipeline folder or bundled name (its UNet, VAE and scheduler; e.g. `stablesr
+    convert` output or "stablesr-nano") plus `degradation_learner`, a `train deedsr-degradation` run folder or its
+    degradation_learner/ folder, and a fresh adapter of `adapter`'s size."""
+
+    pipeline: str | None = None
+    base: str | None = None
+    degradation_learner: str | None = None
+
+
+@dataclass(frozen=True)
+class AdapterArchitecture:
+    """The degradation-aware adapter (`models/deedsr_adapter.py`); defaults follow the released Encoder_degrad:
+    256 channels, [1, 1, 2, 2], one resnet per level, 4 heads, 256-channel maps, 128 hidden modulation channels."""
+
+    cond_channels: int = 256
+    hidden_channels: int = 128
+    model_channels: int = 256
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2)
+    num_res_blocks: int = 1
+    num_heads: int = 4
+
+
+@dataclass(frozen=True)
+class DeeDSRTrainConfig:
+    """`stablesr train deedsr`: DeeDSR stage 2. The degradation learner, the UNet (but its cross-attention key/value
+    projections) and the VAE are frozen; the adapter, the modulation layers and attn2.to_k / to_v train with the
+    LDM loss. Released recipe: AdamW lr 1e-5, batch 2 x accumulation 16 per GPU (4 GPUs), 512 crops."""
+
+    model: DeeDSRModelInit = field(default_factory=DeeDSRModelInit)
+    adapter: AdapterArchitecture = field(default_factory=AdapterArchitecture)
+    data: DataSettings = field(default_factory=lambda: DataSettings(degradation="realesrgan", batch_size=2))
+    optimizer: OptimizerSettings = field(default_factory=lambda: OptimizerSettings(learning_rate=1e-5))
+    run: RunSettings = field(default_factory=lambda: RunSettings(output_dir="runs/deedsr",
+                                                                 gradient_accumulation_steps=16))
+
+
 STAGES: dict[str, type] = {"stablesr": StableSRTrainConfig, "cfw": CFWTrainConfig, "vae": VAETrainConfig,
                            "prior": PriorTrainConfig,
-                           "deedsr-degradation": DegradationTrainConfig}
+                           "deedsr-degradation": DegradationTrainConfig, "deedsr": DeeDSRTrainConfig}
 
 
 def config_from_dict(cls: type[Config], data: dict) -> Config:
