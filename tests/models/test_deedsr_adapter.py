@@ -3,6 +3,7 @@ vector steers the features, and gradients reach the adapter and the cross-attent
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
@@ -106,3 +107,11 @@ def test_gradients_reach_the_adapter_and_the_key_value_projections_only():
     assert adapter.modulation_layers[0].to_gamma.weight.grad.abs().sum() > 0  # zero init still learns
     assert adapter.to_tokens.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in learner.parameters())
+
+
+def test_an_adapter_with_fewer_levels_than_the_unet_is_one_clear_error():
+    unet, _, learner = make_tiny()
+    adapter = DeeDSRModule.from_unet(unet, vector_dim=16, **{**TINY_ADAPTER, "channel_mult": (1,)})
+    wrapped = DeeDSRUNet(unet, adapter, learner)
+    with torch.no_grad(), pytest.raises(ValueError, match="no adapter feature of width 4"):
+        wrapped(torch.randn(1, 4, 8, 8), torch.tensor([1]), torch.randn(1, 4, 8, 8), torch.randn(1, 16))

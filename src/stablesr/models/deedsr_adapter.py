@@ -197,6 +197,9 @@ class DeeDSRUNet(nn.Module):
         def modulate(module: nn.Module, inputs: tuple, h: torch.Tensor) -> torch.Tensor:
             if self._cond_feats is None:  # outside this wrapper's forward: the plain UNet
                 return h
+            if h.shape[-1] not in self._cond_feats:
+                raise ValueError(f"no adapter feature of width {h.shape[-1]} (have {sorted(self._cond_feats)}): the "
+                                 "adapter's channel_mult must have as many levels as the UNet")
             cond = self._cond_feats[h.shape[-1]]
             return self.adapter.modulation_layers[index](h.to(cond.dtype), cond).to(h.dtype)
 
