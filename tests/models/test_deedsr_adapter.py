@@ -115,3 +115,23 @@ def test_an_adapter_with_fewer_levels_than_the_unet_is_one_clear_error():
     wrapped = DeeDSRUNet(unet, adapter, learner)
     with torch.no_grad(), pytest.raises(ValueError, match="no adapter feature of width 4"):
         wrapped(torch.randn(1, 4, 8, 8), torch.tensor([1]), torch.randn(1, 4, 8, 8), torch.randn(1, 16))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        unet, adapter, learner = make_tiny()
+        for layer in adapter.modulation_layers:
+            torch.nn.init.normal_(layer.to_gamma.weight, std=0.02)
+        unet.requires_grad_(False)
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        wrapped = DeeDSRUNet(unet, adapter, learner)
+        generator = torch.Generator().manual_seed(0)
+        x_t, lr_latent = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator)
+        out = wrapped(x_t, torch.tensor([3, 700]), lr_latent, torch.randn(2, 16, generator=generator))
+        out.square().mean().backward()
+        grads.append(adapter.modulation_layers[0].shared[0].weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)
+    assert grads[0].abs().sum() > 0

@@ -159,7 +159,10 @@ def cross_attention_projections(unet: UNet2DConditionModel) -> list[nn.Parameter
 
 class DeeDSRUNet(nn.Module):
     """A diffusers UNet + `DeeDSRModule` + the degradation learner, modulation by forward hooks on every
-    `ResnetBlock2D.conv2` (as `SFTUNet`), the adapter's tokens as the cross-attention context."""
+    `ResnetBlock2D.conv2` (as `SFTUNet`), the adapter's tokens as the cross-attention context.
+
+    With gradient checkpointing of the UNet, the recomputation in backward uses the features of the latest
+    forward call, so call backward before the next forward (the usual training loop), as `SFTUNet`."""
 
     def __init__(self, unet: UNet2DConditionModel, adapter: DeeDSRModule, degradation_learner: nn.Module) -> None:
         super().__init__()
@@ -185,7 +188,8 @@ class DeeDSRUNet(nn.Module):
         try:
             return self.unet(x_t, t, encoder_hidden_states=tokens.to(self.unet.dtype)).sample
         finally:
-            self._cond_feats = None
+            if not (torch.is_grad_enabled() and self.unet.is_gradient_checkpointing):
+                self._cond_feats = None  # kept only for the recomputation in backward
 
     def remove_hooks(self) -> None:
         """Detach the modulation hooks: the UNet behaves as the plain diffusers UNet again."""

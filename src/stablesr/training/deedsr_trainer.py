@@ -87,6 +87,8 @@ class DeeDSRTrainer(Trainer):
         adapter = pipe.adapter.train().requires_grad_(True)
         self.trainable = nn.ModuleDict({"adapter": adapter, "unet": pipe.unet})  # EMA and checkpoints: requires_grad
         self.trained_names = [name for name, p in self.trainable.named_parameters() if p.requires_grad]
+        if config.run.gradient_checkpointing:
+            pipe.unet.enable_gradient_checkpointing()
         pipe.vae.to(accelerator.device)
         pipe.degradation_learner.to(accelerator.device)
         self.deedsr_unet = DeeDSRUNet(pipe.unet, adapter, pipe.degradation_learner)
