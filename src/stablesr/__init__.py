@@ -7,6 +7,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "StableSRPipeline": "stablesr.pipelines.stablesr",
+    "DeeDSRPipeline": "stablesr.pipelines.deedsr",
+    "DeeDSRSettings": "stablesr.settings_deedsr",
 }
 
 
@@ -18,4 +20,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'stablesr' has no attribute {name!r}")
 
 
-__all__ = ["StableSRPipeline", "__version__"]
+__all__ = ["DeeDSRPipeline", "DeeDSRSettings", "StableSRPipeline", "__version__"]

@@ -20,12 +20,12 @@ from typing import Literal
 import PIL.Image
 import torch
 
-from stablesr.configs import UpscaleSettings, read_upscale_defaults, resolve_settings
+from stablesr.configs import Settings, UpscaleSettings, read_upscale_defaults, resolve_settings
 from stablesr.errors import StableSRError, WeightsNotFoundError
 from stablesr.image_processor import pil_to_tensor, tensor_to_pil
 from stablesr.imaging import check_output_size, image_size, load_image, resize_alpha, save_image_atomic
 
-Method = Literal["stablesr", "realesrgan"]
+Method = Literal["stablesr", "realesrgan", "deedsr"]  # the keys of stablesr.methods.SETTINGS_CLASSES
 
 NO_MODEL_MESSAGE = (
     "no model given. StableSR needs weights: get stablesr_000117.ckpt (and vqgan_cfw_00011.ckpt for CFW) from the "
@@ -43,7 +43,7 @@ class Upscaler:
     needed for method 'realesrgan' or `preclean=True`.
     """
 
-    def __init__(self, pipe=None, *, settings: UpscaleSettings | None = None, realesrgan=None,
+    def __init__(self, pipe=None, *, settings: Settings | None = None, realesrgan=None,
                  preclean: bool = False, progress: bool = True) -> None:
         if pipe is None and realesrgan is None:
             raise WeightsNotFoundError(NO_MODEL_MESSAGE)
@@ -60,7 +60,7 @@ class Upscaler:
              base: str | None = None, trust_pickle: bool = False, method: Method = "stablesr",
              preclean: bool = False, realesrgan_weights: str | Path | None = None,
              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, vae_fp32: bool = True,
-             settings: UpscaleSettings | None = None, preset: str | None = None, progress: bool = True,
+             settings: Settings | None = None, preset: str | None = None, progress: bool = True,
              **options) -> Upscaler:
         """Load a method: `model` (a converted folder or a bundled name; default the bundled stablesr-nano) or
         official `weights` files; Real-ESRGAN when asked.
@@ -70,12 +70,14 @@ class Upscaler:
         """
         if settings is not None and (preset is not None or options):
             raise StableSRError("pass either a settings object or preset / keyword options, not both")
+        from stablesr.methods import settings_class
         from stablesr.weights.bundled import choose_model
 
         model = choose_model(model, weights=weights, method=method)
         if settings is None:
-            model_defaults = read_upscale_defaults(model) if model is not None else {}
-            settings = resolve_settings(UpscaleSettings, model_defaults=model_defaults, preset=preset,
+            method_settings = settings_class(method)
+            model_defaults = read_upscale_defaults(model, method_settings) if model is not None else {}
+            settings = resolve_settings(method_settings, model_defaults=model_defaults, preset=preset,
                                         overrides=options)
         device = torch.device(device)
         realesrgan = None
@@ -84,8 +86,8 @@ class Upscaler:
 
             realesrgan = RealESRGANUpscaler.from_path(realesrgan_weights, device=device)
         pipe = None
-        if method == "stablesr":
-            pipe = _load_pipeline(model, weights, base=base, trust_pickle=trust_pickle, dtype=dtype)
+        if method != "realesrgan":
+            pipe = _load_pipeline(model, weights, method=method, base=base, trust_pickle=trust_pickle, dtype=dtype)
             pipe.to(device)
             if vae_fp32:  # fp32 VAE: avoids black/NaN images and slow CPU bf16 convolutions
                 pipe.vae.to(dtype=torch.float32)
@@ -139,9 +141,20 @@ class Upscaler:
         return self.pipe(lr, self.settings, generator=generator, output_type="pt", progress=self.progress).images
 
 
-def _load_pipeline(model, weights, *, base, trust_pickle, dtype):
+def _load_pipeline(model, weights, *, method, base, trust_pickle, dtype):
     from stablesr.weights.loading import build_pipeline, load_pipeline
 
+    if method != "stablesr":  # a model folder written by the method's trainer (no official weights to map)
+        from stablesr.methods import pipeline_class
+        from stablesr.weights.bundled import resolve_model
+
+        if model is None or weights:
+            raise WeightsNotFoundError(f"--method {method} needs --model FOLDER (a folder written by "
+                                       f"`stablesr train {method}`), not --weights")
+        folder = resolve_model(model)
+        if not (folder / "model_index.json").is_file():
+            raise WeightsNotFoundError(f"model folder {folder} not found (no model_index.json there)")
+        return pipeline_class(method).from_pretrained(folder, dtype=dtype, local_files_only=True)
     if model is not None:
         return load_pipeline(model, torch_dtype=dtype)
     if weights:

@@ -9,24 +9,27 @@ from __future__ import annotations
 import argparse
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import fields
 from typing import Any, Literal
 
 from stablesr.configs import Settings, default_of, flag_of
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[Settings]) -> None:
-    """One flag per field of `cls`, in argument groups named by the fields' `group` metadata."""
+def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[Settings], *,
+                           skip: Collection[str] = ()) -> None:
+    """One flag per field of `cls` (except the names in `skip`, e.g. flags another method's class already
+    added), in argument groups named by the fields' `group` metadata."""
     hints = typing.get_type_hints(cls)
     groups: dict[str, Any] = {}
-    if cls.presets:
+    if cls.presets and "preset" not in skip:
         groups["sampling"] = parser.add_argument_group(
             "sampling", "Defaults shown are the method's; a model folder's upscale_defaults.json replaces them, "
                         "--preset replaces those, and explicit flags win.")
         groups["sampling"].add_argument("--preset", choices=list(cls.presets),
                                         help="; ".join(f"{name}: {_describe(values)}"
                                                        for name, values in cls.presets.items()))
-    for f in fields(cls):
+    for f in (f for f in fields(cls) if f.name not in skip):
         group_name = f.metadata.get("group", "settings")
         group = groups.get(group_name) or groups.setdefault(group_name, parser.add_argument_group(group_name))
         text = f.metadata["help"]

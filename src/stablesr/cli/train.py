@@ -1,4 +1,4 @@
-"""`stablesr train {vae,prior,stablesr,cfw} --config FILE.yaml [--section.option VALUE ...]`: run a training stage.
+"""`stablesr train STAGE --config FILE.yaml [--section.option VALUE ...]`: run a training stage.
 
 Every field of the stage's config dataclass (`stablesr.training.config`) is also a command-line
 option; values are parsed as YAML (`--run.max_steps 100`, `--data.hr_folders "[a, b]"`). The same
@@ -14,6 +14,8 @@ STAGE_HELP = {
     "cfw": "CFW: the autoencoder's fusion layers on generated triplets",
     "vae": "a KL autoencoder (4 latent channels) from scratch on HR crops",
     "prior": "a latent diffusion UNet prior from scratch (null context) in a trained VAE's latent space",
+    "deedsr-degradation": "DeeDSR stage 1: the ResNet degradation learner by MoCo contrastive learning",
+    "deedsr": "DeeDSR stage 2: degradation-aware adapter, modulation and cross-attention key/value projections",
 }
 
 
@@ -75,6 +77,14 @@ def make_trainer(stage: str, config):
         from stablesr.training.stablesr_trainer import StableSRTrainer
 
         return StableSRTrainer(config)
+    if stage == "deedsr":
+        from stablesr.training.deedsr_trainer import DeeDSRTrainer
+
+        return DeeDSRTrainer(config)
+    if stage == "deedsr-degradation":
+        from stablesr.training.degradation_trainer import DegradationTrainer
+
+        return DegradationTrainer(config)
     if stage == "vae":
         from stablesr.training.vae_trainer import VAETrainer
 
