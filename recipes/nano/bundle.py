@@ -22,7 +22,7 @@ TARGET = ROOT / "src" / "stablesr" / "bundled" / "stablesr-nano"
 CARD = ROOT / "docs" / "stablesr-nano.md"
 BEGIN, END = "<!-- files:begin -->", "<!-- files:end -->"
 # The recommended settings (chosen on the validation split; see the model card).
-DEFAULTS = {"num_inference_steps": 4, "sampler": "ddim", "eta": 0.0, "start": "lr", "color_fix": "wavelet",
+DEFAULTS = {"num_inference_steps": 4, "sampler": "ddpm", "start": "lr", "color_fix": "wavelet",
             "fidelity": 1.0, "tile_size": 128, "tile_overlap": 32, "tile_batch_size": 1, "vae_tile_size": 1024}
 
 

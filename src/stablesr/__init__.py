@@ -8,6 +8,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "StableSRPipeline": "stablesr.pipelines.stablesr",
     "CCSRPipeline": "stablesr.pipelines.ccsr",
+    "DeeDSRPipeline": "stablesr.pipelines.deedsr",
+    "DeeDSRSettings": "stablesr.settings_deedsr",
 }
 
 
@@ -19,4 +21,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'stablesr' has no attribute {name!r}")
 
 
-__all__ = ["CCSRPipeline", "StableSRPipeline", "__version__"]
+__all__ = ["CCSRPipeline", "DeeDSRPipeline", "DeeDSRSettings", "StableSRPipeline", "__version__"]

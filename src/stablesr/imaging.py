@@ -116,6 +116,15 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
         raise ImageReadError(f"cannot read image {path}: {reason}") from error
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file header only (nothing decoded); ImageReadError when unreadable."""
+    try:
+        with _pillow_size_check_off(), Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageReadError(f"cannot read image {path}: corrupt or unsupported ({error})") from error
+
+
 @contextmanager
 def _pillow_size_check_off():
     """Pillow's global decompression-bomb limit (89 MP) is replaced by our own `max_pixels`."""
@@ -234,7 +243,7 @@ def save_image_atomic(
     if file_format is None:
         raise StableSRError(f"cannot save {path}: unknown image suffix (use one of {', '.join(SAVE_FORMATS)})")
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+        raise OutputExistsError(f"{path} already exists; kept it (pass --overwrite / overwrite=True to replace it)")
     size = image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
     if alpha is not None and alpha.size != size:
         raise ValueError(f"alpha size {alpha.size} differs from the image size {size} (use resize_alpha)")

@@ -1,42 +1,39 @@
-"""The upscaling methods by name: each one's settings class and pipeline class (standard library only).
+"""The upscaling methods by name: each one's settings class (standard library only, for the CLI) and pipeline.
 
-`stablesr upscale --method NAME` and `Upscaler.load(method=NAME)` look the method up here; a new
-method adds one entry. Classes are named as "module:attribute" so `--help` imports no torch.
+A method is a literal table entry here; `stablesr upscale --method NAME` and `Upscaler.load(method=NAME)` pick
+its settings class and pipeline class from these tables (see docs/adding-a-method.md).
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 
+from stablesr.configs import Settings, UpscaleSettings
+from stablesr.configs_ccsr import CCSRSettings
+from stablesr.settings_deedsr import DeeDSRSettings
 
-@dataclass(frozen=True)
-class Method:
-    """settings: "module:Class" of its frozen settings; pipeline: "module:Class" of its SRPipeline (None:
-    not a diffusion pipeline, e.g. the Real-ESRGAN baseline)."""
+SETTINGS_CLASSES: dict[str, type[Settings]] = {
+    "stablesr": UpscaleSettings,
+    "realesrgan": UpscaleSettings,  # the baseline uses --scale only
+    "deedsr": DeeDSRSettings,
+    "ccsr": CCSRSettings,
+}
 
-    settings: str
-    pipeline: str | None
-
-
-METHODS: dict[str, Method] = {
-    "stablesr": Method("stablesr.configs:UpscaleSettings", "stablesr.pipelines.stablesr:StableSRPipeline"),
-    "ccsr": Method("stablesr.configs_ccsr:CCSRSettings", "stablesr.pipelines.ccsr:CCSRPipeline"),
-    "realesrgan": Method("stablesr.configs:UpscaleSettings", None),
+PIPELINE_CLASSES: dict[str, str] = {  # module:class, imported on use (torch)
+    "stablesr": "stablesr.pipelines.stablesr:StableSRPipeline",
+    "deedsr": "stablesr.pipelines.deedsr:DeeDSRPipeline",
+    "ccsr": "stablesr.pipelines.ccsr:CCSRPipeline",
 }
 
 
-def _load(name: str):
-    module, attribute = name.split(":")
-    return getattr(importlib.import_module(module), attribute)
+def settings_class(method: str) -> type[Settings]:
+    """The settings class of `method` (a key of SETTINGS_CLASSES)."""
+    if method not in SETTINGS_CLASSES:
+        raise ValueError(f"method must be one of {', '.join(SETTINGS_CLASSES)}, got {method!r}")
+    return SETTINGS_CLASSES[method]
 
 
-def settings_class(method: str) -> type:
-    """The frozen settings class of `method`."""
-    return _load(METHODS[method].settings)
-
-
-def pipeline_class(method: str) -> type | None:
-    """The pipeline class of `method` (None for a non-diffusion baseline)."""
-    spec = METHODS[method].pipeline
-    return _load(spec) if spec is not None else None
+def pipeline_class(method: str):
+    """The pipeline class of a diffusion method (imports torch)."""
+    module, name = PIPELINE_CLASSES[method].split(":")
+    return getattr(importlib.import_module(module), name)

@@ -20,12 +20,12 @@ from typing import Literal
 import PIL.Image
 import torch
 
-from stablesr.configs import UpscaleSettings, read_upscale_defaults, resolve_settings
+from stablesr.configs import Settings, UpscaleSettings, read_upscale_defaults, resolve_settings
 from stablesr.errors import StableSRError, WeightsNotFoundError
 from stablesr.image_processor import pil_to_tensor, tensor_to_pil
-from stablesr.imaging import load_image, resize_alpha, save_image_atomic
+from stablesr.imaging import check_output_size, image_size, load_image, resize_alpha, save_image_atomic
 
-Method = Literal["stablesr", "ccsr", "realesrgan"]
+Method = Literal["stablesr", "realesrgan", "deedsr", "ccsr"]  # the keys of stablesr.methods.SETTINGS_CLASSES
 
 NO_MODEL_MESSAGE = (
     "no model given. StableSR needs weights: get stablesr_000117.ckpt (and vqgan_cfw_00011.ckpt for CFW) from the "
@@ -34,10 +34,12 @@ NO_MODEL_MESSAGE = (
     "`stablesr upscale INPUT -o OUT --model stablesr-sd21/` (or pass the files directly with --weights). "
     "For a baseline without diffusion weights use --method realesrgan.")
 
-NO_METHOD_MODEL_MESSAGES = {"ccsr": (
-    "no model given. CCSR needs weights: get real-world_ccsr.ckpt (CCSR v1) from the links in the csslc/CCSR README, "
-    "convert once with `stablesr convert real-world_ccsr.ckpt -o ccsr-v1/`, then run "
-    "`stablesr upscale INPUT -o OUT --method ccsr --model ccsr-v1/`.")}
+
+METHOD_MODEL_HINTS = {"ccsr": (
+    "--method ccsr needs --model FOLDER, not --weights: get real-world_ccsr.ckpt (CCSR v1) or the v2 controlnet/ "
+    "and vae/ folders from the links in the csslc/CCSR README, convert once with `stablesr convert "
+    "real-world_ccsr.ckpt -o ccsr-v1/ --method ccsr`, then run `stablesr upscale INPUT -o OUT --method ccsr "
+    "--model ccsr-v1/`")}
 
 
 class Upscaler:
@@ -48,7 +50,7 @@ class Upscaler:
     needed for method 'realesrgan' or `preclean=True`.
     """
 
-    def __init__(self, pipe=None, *, settings: UpscaleSettings | None = None, realesrgan=None,
+    def __init__(self, pipe=None, *, settings: Settings | None = None, realesrgan=None,
                  preclean: bool = False, progress: bool = True) -> None:
         if pipe is None and realesrgan is None:
             raise WeightsNotFoundError(NO_MODEL_MESSAGE)
@@ -65,7 +67,7 @@ class Upscaler:
              base: str | None = None, trust_pickle: bool = False, method: Method = "stablesr",
              preclean: bool = False, realesrgan_weights: str | Path | None = None,
              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, vae_fp32: bool = True,
-             settings: UpscaleSettings | None = None, preset: str | None = None, progress: bool = True,
+             settings: Settings | None = None, preset: str | None = None, progress: bool = True,
              **options) -> Upscaler:
         """Load a method: `model` (a converted folder or a bundled name; default the bundled stablesr-nano) or
         official `weights` files; Real-ESRGAN when asked.
@@ -75,7 +77,7 @@ class Upscaler:
         """
         if settings is not None and (preset is not None or options):
             raise StableSRError("pass either a settings object or preset / keyword options, not both")
-        from stablesr.methods import pipeline_class, settings_class
+        from stablesr.methods import settings_class
         from stablesr.weights.bundled import choose_model
 
         model = choose_model(model, weights=weights, method=method)
@@ -91,11 +93,8 @@ class Upscaler:
 
             realesrgan = RealESRGANUpscaler.from_path(realesrgan_weights, device=device)
         pipe = None
-        if pipeline_class(method) is not None:
-            if method == "stablesr":
-                pipe = _load_pipeline(model, weights, base=base, trust_pickle=trust_pickle, dtype=dtype)
-            else:
-                pipe = _load_method_pipeline(method, model, weights, dtype=dtype)
+        if method != "realesrgan":
+            pipe = _load_pipeline(model, weights, method=method, base=base, trust_pickle=trust_pickle, dtype=dtype)
             pipe.to(device)
             if vae_fp32:  # fp32 VAE: avoids black/NaN images and slow CPU bf16 convolutions
                 pipe.vae.to(dtype=torch.float32)
@@ -105,7 +104,10 @@ class Upscaler:
 
     # ------------------------------------------------------------------ entries
     def upscale_file(self, src: str | Path, dst: str | Path, *, seed: int = 0, overwrite: bool = True) -> Path:
-        """Read `src`, super-resolve, write `dst` atomically with its alpha, ICC profile and bit depth."""
+        """Read `src`, super-resolve, write `dst` atomically with its alpha, ICC profile and bit depth.
+        An output over `MAX_OUTPUT_PIXELS` is refused from the file header, before anything is decoded."""
+        width, height = image_size(src)
+        check_output_size(height, width, self.settings.upscale)
         loaded = load_image(src)
         sr = self.upscale_tensor(loaded.to_unit_tensor(), seed=seed)  # full (16-bit) precision kept
         alpha = resize_alpha(loaded.alpha, (sr.shape[-1], sr.shape[-2])) if loaded.alpha is not None else None
@@ -146,25 +148,21 @@ class Upscaler:
         return self.pipe(lr, self.settings, generator=generator, output_type="pt", progress=self.progress).images
 
 
-def _load_method_pipeline(method: str, model, weights, *, dtype):
-    """A method other than StableSR from a converted model folder (offline)."""
-    from stablesr.methods import pipeline_class
-    from stablesr.weights.folders import check_model_folder
-
-    if weights:
-        raise StableSRError(f"--method {method} loads a converted model folder (--model); convert the official "
-                            f"files once with `stablesr convert`")
-    if model is None or not (model / "model_index.json").is_file():
-        where = f"model folder {model} not found (no model_index.json there). " if model is not None else ""
-        raise WeightsNotFoundError(where + NO_METHOD_MODEL_MESSAGES.get(
-            method, f"--method {method} needs --model FOLDER written by `stablesr convert`."))
-    check_model_folder(model)
-    return pipeline_class(method).from_pretrained(model, dtype=dtype)
-
-
-def _load_pipeline(model, weights, *, base, trust_pickle, dtype):
+def _load_pipeline(model, weights, *, method, base, trust_pickle, dtype):
     from stablesr.weights.loading import build_pipeline, load_pipeline
 
+    if method != "stablesr":  # a model folder written by the method's trainer (no official weights to map)
+        from stablesr.methods import pipeline_class
+        from stablesr.weights.bundled import resolve_model
+
+        if model is None or weights:
+            raise WeightsNotFoundError(METHOD_MODEL_HINTS.get(method, f"--method {method} needs --model FOLDER (a "
+                                                              f"folder written by `stablesr train {method}`), "
+                                                              "not --weights"))
+        folder = resolve_model(model)
+        if not (folder / "model_index.json").is_file():
+            raise WeightsNotFoundError(f"model folder {folder} not found (no model_index.json there)")
+        return pipeline_class(method).from_pretrained(folder, dtype=dtype, local_files_only=True)
     if model is not None:
         return load_pipeline(model, torch_dtype=dtype)
     if weights:

@@ -39,7 +39,7 @@ def test_a_flag_of_another_method_is_refused_by_name(tmp_path, ccsr_dir, capsys)
                  "--fidelity", "0.5"])
     assert code != 0 and "--fidelity" in capsys.readouterr().err
     code = main(["upscale", str(src), "-o", str(tmp_path / "out"), "--t-max", "0.5", "--model", str(ccsr_dir)])
-    assert code != 0 and "--t-max: not a setting of --method stablesr" in capsys.readouterr().err
+    assert code != 0 and "--t-max does not apply to --method stablesr" in capsys.readouterr().err
 
 
 def test_missing_model_names_what_to_convert(tmp_path, capsys):

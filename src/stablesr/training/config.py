@@ -277,9 +277,100 @@ class CCSRStage2TrainConfig:
     t_min: float | None = None
 
 
+@dataclass(frozen=True)
+class DegradationLearnerArchitecture:
+    """DeeDSR's ResNet degradation encoder (`models/degradation_learner.py`). Default: the wide BasicBlock
+    ResNet [3, 4, 6, 3] (widths 128..1024, a 1024-d vector) of the released diffusion config; `block:
+    bottleneck, widths: [64, 128, 256, 512]` is the torchvision ResNet-50 layout (2048-d)."""
+
+    block: Literal["basic", "bottleneck"] = "basic"
+    layers: tuple[int, ...] = (3, 4, 6, 3)
+    widths: tuple[int, ...] = (128, 256, 512, 1024)
+    stem_channels: int = 64
+
+
+@dataclass(frozen=True)
+class ContrastiveSettings:
+    """MoCo (DeeDSR stage 1): tau 0.07, queue 24,576 keys, key-encoder momentum 0.999, a 1024-d MLP head;
+    query and positive are two different `patch_size` crops of the same degraded LR image."""
+
+    temperature: float = 0.07
+    queue_size: int = 24576
+    momentum: float = 0.999
+    head_dim: int = 1024
+    patch_size: int = 64
+
+
+@dataclass(frozen=True)
+class SGDSettings:
+    """SGD with momentum (MoCo: lr 0.03, momentum 0.9, weight decay 1e-4), the learning rate times
+    `lr_decay_factor` at each fraction of max_steps in `lr_decay_at` (MoCo's epochs 120 and 240 of 300)."""
+
+    learning_rate: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_decay_at: tuple[float, ...] = (0.4, 0.8)
+    lr_decay_factor: float = 0.1
+    warmup_steps: int = 0
+
+
+@dataclass(frozen=True)
+class DegradationTrainConfig:
+    """`stablesr train deedsr-degradation`: DeeDSR stage 1, the degradation learner by contrastive learning
+    on LR images degraded on the fly (Real-ESRGAN second order, 512 HR crops -> 128 LR)."""
+
+    architecture: DegradationLearnerArchitecture = field(default_factory=DegradationLearnerArchitecture)
+    contrastive: ContrastiveSettings = field(default_factory=ContrastiveSettings)
+    data: DataSettings = field(default_factory=lambda: DataSettings(degradation="realesrgan", batch_size=32))
+    optimizer: SGDSettings = field(default_factory=SGDSettings)
+    run: RunSettings = field(default_factory=lambda: RunSettings(output_dir="runs/deedsr-degradation",
+                                                                 gradient_accumulation_steps=1, max_steps=200_000,
+                                                                 checkpoint_every=5000))
+
+
+@dataclass(frozen=True)
+class DeeDSRModelInit:
+    """Where DeeDSR stage 2 starts: `pipeline`, a DeeDSR folder (a previous `train deedsr` run) to continue; or
+    `base`, a StableSR-format pipeline folder or bundled name (its UNet, VAE and scheduler; e.g. `stablesr
+    convert` output or "stablesr-nano") plus `degradation_learner`, a `train deedsr-degradation` run folder or its
+    degradation_learner/ folder, and a fresh adapter of `adapter`'s size."""
+
+    pipeline: str | None = None
+    base: str | None = None
+    degradation_learner: str | None = None
+
+
+@dataclass(frozen=True)
+class AdapterArchitecture:
+    """The degradation-aware adapter (`models/deedsr_adapter.py`); defaults follow the released Encoder_degrad:
+    256 channels, [1, 1, 2, 2], one resnet per level, 4 heads, 256-channel maps, 128 hidden modulation channels."""
+
+    cond_channels: int = 256
+    hidden_channels: int = 128
+    model_channels: int = 256
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2)
+    num_res_blocks: int = 1
+    num_heads: int = 4
+
+
+@dataclass(frozen=True)
+class DeeDSRTrainConfig:
+    """`stablesr train deedsr`: DeeDSR stage 2. The degradation learner, the UNet (but its cross-attention key/value
+    projections) and the VAE are frozen; the adapter, the modulation layers and attn2.to_k / to_v train with the
+    LDM loss. Released recipe: AdamW lr 1e-5, batch 2 x accumulation 16 per GPU (4 GPUs), 512 crops."""
+
+    model: DeeDSRModelInit = field(default_factory=DeeDSRModelInit)
+    adapter: AdapterArchitecture = field(default_factory=AdapterArchitecture)
+    data: DataSettings = field(default_factory=lambda: DataSettings(degradation="realesrgan", batch_size=2))
+    optimizer: OptimizerSettings = field(default_factory=lambda: OptimizerSettings(learning_rate=1e-5))
+    run: RunSettings = field(default_factory=lambda: RunSettings(output_dir="runs/deedsr",
+                                                                 gradient_accumulation_steps=16))
+
+
 STAGES: dict[str, type] = {"stablesr": StableSRTrainConfig, "cfw": CFWTrainConfig, "vae": VAETrainConfig,
-                           "prior": PriorTrainConfig, "ccsr-stage1": CCSRStage1TrainConfig,
-                           "ccsr-stage2": CCSRStage2TrainConfig}
+                           "prior": PriorTrainConfig,
+                           "deedsr-degradation": DegradationTrainConfig, "deedsr": DeeDSRTrainConfig,
+                           "ccsr-stage1": CCSRStage1TrainConfig, "ccsr-stage2": CCSRStage2TrainConfig}
 
 
 def config_from_dict(cls: type[Config], data: dict) -> Config:
@@ -325,7 +416,7 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(stage: Literal["stablesr", "cfw", "vae", "prior"], path: str | Path | None,
+def load_config(stage: str, path: str | Path | None,
                 overrides: dict[str, str] | None = None):
     """The config of `stage` from a YAML file (optional) plus dotted command-line overrides."""
     import yaml
