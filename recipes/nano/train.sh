@@ -9,9 +9,11 @@ stablesr train prior --config $R/prior.yaml --vae "$RUNS/vae" --data.hr_folders 
     --run.output_dir "$RUNS/prior"
 stablesr train stablesr --config $R/sr.yaml --model.pipeline "$RUNS/prior" --data.hr_folders "[$DATA/train]" \
     --run.output_dir "$RUNS/sr"
-stablesr generate-cfw-data "$DATA/train" --model "$RUNS/sr" -o "$RUNS/cfw-data" --num-samples 800 --crop-size 128 \
+stablesr generate-cfw-data "$DATA/train" --model "$RUNS/sr" -o "$RUNS/cfw-data" --num-samples 600 --crop-size 128 \
     --steps 4 --seed 0
-stablesr train cfw --config $R/cfw.yaml --pipeline "$RUNS/sr" --data.folders "[$RUNS/cfw-data]" \
+stablesr generate-cfw-data "$DATA/train" --model "$RUNS/sr" -o "$RUNS/cfw-data-bicubic" --num-samples 200 \
+    --crop-size 128 --steps 4 --seed 1 --degradation bicubic
+stablesr train cfw --config $R/cfw.yaml --pipeline "$RUNS/sr" --data.folders "[$RUNS/cfw-data, $RUNS/cfw-data-bicubic]" \
     --run.output_dir "$RUNS/cfw"
 python $R/bundle.py "$RUNS/cfw"                                         # fp16 into src/stablesr/bundled/
 python $R/evaluate.py "$DATA/val" "$RUNS/eval"                           # the metric table of the model card
