@@ -124,7 +124,9 @@ class CFWTripletDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         lr_path, gt_path, latent_path = self.items[index]
         lr_up, gt, latent = read_rgb(lr_path), read_rgb(gt_path), load_latent(latent_path)
-        if lr_up.shape != gt.shape or gt.shape[-1] != 8 * latent.shape[-1]:
+        factor = gt.shape[-1] // max(latent.shape[-1], 1)  # the VAE's downsampling (8 for SD, 4 for nano)
+        if lr_up.shape != gt.shape or factor < 1 or tuple(gt.shape[-2:]) != (factor * latent.shape[-2],
+                                                                           factor * latent.shape[-1]):
             raise ValueError(f"triplet {latent_path.stem}: LR {tuple(lr_up.shape)}, GT {tuple(gt.shape)} and "
-                             f"latent {tuple(latent.shape)} do not match (GT = 8 x latent)")
+                             f"latent {tuple(latent.shape)} do not match (GT = f x latent, f the VAE's factor)")
         return {"lr_up": lr_up, "gt": gt, "latent": latent}
