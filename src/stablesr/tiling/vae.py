@@ -44,7 +44,14 @@ from stablesr.tiling.canvas import BlendCanvas
 from stablesr.tiling.grid import Window, axis_starts
 from stablesr.tiling.weights import raised_cosine_ramp
 
-VAE_SCALE = 8  # pixels per latent pixel in the SD VAE
+VAE_SCALE = 8  # pixels per latent pixel in the SD VAE (`vae_scale` reads it from a VAE's config)
+
+
+def vae_scale(vae: nn.Module) -> int:
+    """Pixels per latent pixel: 2^(levels - 1) for an AutoencoderKL (8 for SD, 4 for stablesr-nano)."""
+    config = getattr(vae, "config", None)
+    channels = getattr(config, "block_out_channels", None)
+    return 2 ** (len(channels) - 1) if channels else VAE_SCALE
 
 
 # --------------------------------------------------------------------------------------------- public
@@ -57,16 +64,17 @@ def encode_tiled(
     tile_size / tile_overlap are in pixels (multiples of 8). Draw the latent sample from the returned
     posterior once, for the whole latent, so that the result does not depend on the tiling.
     """
-    _check_pixels(image, tile_size, tile_overlap)
+    scale = vae_scale(vae)
+    _check_pixels(image, tile_size, tile_overlap, scale)
     if max(image.shape[-2:]) <= tile_size:
         return vae.encode(image).latent_dist
-    latent_size = (image.shape[-2] // VAE_SCALE, image.shape[-1] // VAE_SCALE)
+    latent_size = (image.shape[-2] // scale, image.shape[-1] // scale)
 
     def encode_window(rows: slice, cols: slice) -> torch.Tensor:
-        crop = image[..., _scaled(rows, VAE_SCALE), _scaled(cols, VAE_SCALE)]
+        crop = image[..., _scaled(rows, scale), _scaled(cols, scale)]
         return vae.encode(crop).latent_dist.parameters  # (B, 2 * latent_channels, rows, cols)
 
-    tiling = Tiling(latent_size, tile_size // VAE_SCALE, tile_overlap // VAE_SCALE)
+    tiling = Tiling(latent_size, tile_size // scale, tile_overlap // scale)
     sharing = _shared_statistics(vae, tiling, encode_window)
     with sharing.active(collect=False):
         return DiagonalGaussianDistribution(tiling.blend(encode_window, out_scale=1))
@@ -90,8 +98,10 @@ def decode_tiled(
     if tile_overlap < 0 or tile_size <= tile_overlap:
         raise ValueError(f"need 0 <= tile_overlap < tile_size, got {tile_overlap}, {tile_size}")
     use_cond = cond_image is not None and fidelity != 0
-    if use_cond and tuple(cond_image.shape[-2:]) != (z.shape[-2] * VAE_SCALE, z.shape[-1] * VAE_SCALE):
-        raise ValueError(f"cond_image must be 8x the latent size, got {tuple(cond_image.shape)} for {tuple(z.shape)}")
+    scale = vae_scale(vae)
+    if use_cond and tuple(cond_image.shape[-2:]) != (z.shape[-2] * scale, z.shape[-1] * scale):
+        raise ValueError(f"cond_image must be {scale}x the latent size, got {tuple(cond_image.shape)} for "
+                         f"{tuple(z.shape)}")
 
     def decode(latent: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         if cond is None:
@@ -99,7 +109,7 @@ def decode_tiled(
         return vae.decode_with_features(latent, vae.extract_enc_feats(cond), fidelity=fidelity)
 
     def decode_window(rows: slice, cols: slice) -> torch.Tensor:
-        cond_crop = cond_image[..., _scaled(rows, VAE_SCALE), _scaled(cols, VAE_SCALE)] if use_cond else None
+        cond_crop = cond_image[..., _scaled(rows, scale), _scaled(cols, scale)] if use_cond else None
         return decode(z[..., rows, cols], cond_crop)
 
     latent_size = tuple(z.shape[-2:])
@@ -108,7 +118,7 @@ def decode_tiled(
     tiling = Tiling(latent_size, tile_size, tile_overlap)
     sharing = _shared_statistics(vae, tiling, decode_window)
     with sharing.active(collect=False):
-        return tiling.blend(decode_window, out_scale=VAE_SCALE)
+        return tiling.blend(decode_window, out_scale=scale)
 
 
 # --------------------------------------------------------------------------------------------- tiling
@@ -260,9 +270,9 @@ def _crop_region(x: torch.Tensor, region: WindowRegion | None) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _check_pixels(image: torch.Tensor, tile_size: int, tile_overlap: int) -> None:
-    if image.shape[-2] % VAE_SCALE or image.shape[-1] % VAE_SCALE:
-        raise ValueError(f"image height and width must be multiples of 8, got {tuple(image.shape[-2:])}")
-    if tile_size % VAE_SCALE or tile_overlap % VAE_SCALE or not 0 <= tile_overlap < tile_size:
-        raise ValueError("tile_size and tile_overlap must be multiples of 8 with overlap < size, "
+def _check_pixels(image: torch.Tensor, tile_size: int, tile_overlap: int, scale: int = VAE_SCALE) -> None:
+    if image.shape[-2] % scale or image.shape[-1] % scale:
+        raise ValueError(f"image height and width must be multiples of {scale}, got {tuple(image.shape[-2:])}")
+    if tile_size % scale or tile_overlap % scale or not 0 <= tile_overlap < tile_size:
+        raise ValueError(f"tile_size and tile_overlap must be multiples of {scale} with overlap < size, "
                          f"got {tile_size}, {tile_overlap}")
