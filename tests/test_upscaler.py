@@ -62,10 +62,13 @@ def test_half_precision_falls_back_to_float32_for_python_callers(tiny_model_dir,
     assert "switching to float32" in capsys.readouterr().err
 
 
-def test_bad_settings_fail_before_loading_and_no_model_is_one_clear_error(tmp_path):
+def test_bad_settings_fail_before_loading_and_no_model_is_one_clear_error(tmp_path, monkeypatch):
+    import stablesr.weights.bundled as bundled
+
     with pytest.raises(SettingsError, match="--tile-batch-size 0"):
         Upscaler.load(model=tmp_path / "absent", tile_batch_size=0)
     from stablesr.errors import WeightsNotFoundError
 
+    monkeypatch.setattr(bundled, "default_model", lambda: None)  # an installation without the bundled model
     with pytest.raises(WeightsNotFoundError, match="stablesr_000117.ckpt"):
         Upscaler.load()

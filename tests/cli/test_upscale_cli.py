@@ -1,7 +1,5 @@
 """`stablesr upscale` end to end on a tiny random model folder (real components, CPU)."""
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -61,12 +59,15 @@ def test_runs_writes_seeded_samples_in_subfolders(tmp_path, tiny_model_dir):
     assert first.shape == (64, 96, 3) and not np.array_equal(first, second)
 
 
-def test_without_weights_one_clear_message_says_what_to_get(tmp_path):
+def test_without_any_model_one_clear_message_says_what_to_get(tmp_path, capsys, monkeypatch):
+    """An installation without the bundled model (and no --model/--weights) names the weights to get."""
+    import stablesr.weights.bundled as bundled
+
+    monkeypatch.setattr(bundled, "default_model", lambda: None)
     src = write_photo(tmp_path / "p.png", size=(24, 16))
-    result = subprocess.run([sys.executable, "-m", "stablesr", "upscale", str(src), "-o", str(tmp_path / "o")],
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "stablesr_000117.ckpt" in result.stderr and "Traceback" not in result.stderr
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "stablesr_000117.ckpt" in err and "Traceback" not in err
     assert not (tmp_path / "o" / "p.png").exists()
 
 
