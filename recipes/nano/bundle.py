@@ -49,6 +49,10 @@ def main() -> None:
     staging = args.target.with_name(args.target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     pipe.save_pretrained(staging, safe_serialization=True)
+    for config in staging.rglob("*.json"):  # no machine paths in shipped configs (diffusers records the source)
+        data = json.loads(config.read_text())
+        if isinstance(data, dict) and data.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(args.target, ignore_errors=True)
     staging.rename(args.target)
     table = file_table(args.target)
