@@ -24,7 +24,7 @@ from stablesr.errors import StableSRError, WeightsNotFoundError
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.training.cfw_data import CFWTripletDataset
 from stablesr.training.config import CFWTrainConfig
-from stablesr.training.discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
+from stablesr.training.discriminator import AdversarialUpdates, PatchDiscriminator, hinge_generator_loss
 from stablesr.training.loop import Trainer
 
 FUSION_PREFIXES = ("fusion_layer_1.", "fusion_layer_2.")
@@ -54,7 +54,7 @@ def reset_fusion_layers(vae: CFWAutoencoderKL) -> None:
     vae.load_state_dict(fusion_state(fresh), strict=False)
 
 
-class CFWTrainer(Trainer):
+class CFWTrainer(AdversarialUpdates, Trainer):
     """CFW trainer; `pipeline` (optional) replaces `config.pipeline` as the starting point."""
 
     def __init__(self, config: CFWTrainConfig, *, pipeline=None, lpips: nn.Module | None = None) -> None:
@@ -142,21 +142,6 @@ class CFWTrainer(Trainer):
         self.optimizers["fusion"].step()
         self.optimizers["fusion"].zero_grad(set_to_none=True)
         return {"loss": loss.item(), "l1": l1.item(), "perceptual": perceptual.item(), "g_loss": g_loss.item()}
-
-    def _discriminator_update(self, fake: torch.Tensor, gt: torch.Tensor) -> float:
-        logits = self.discriminator(torch.cat([gt, fake]))  # (2B, 3, S, S) -> (2B, 1, S', S')
-        logits_real, logits_fake = logits.chunk(2)
-        d_loss = hinge_discriminator_loss(logits_real, logits_fake)
-        self.accelerator.backward(d_loss)
-        self._clip(list(self.discriminator.parameters()))
-        self.optimizers["discriminator"].step()
-        self.optimizers["discriminator"].zero_grad(set_to_none=True)
-        return d_loss.item()
-
-    def _clip(self, parameters: list[torch.Tensor]) -> None:
-        max_norm = self.config.optimizer.max_grad_norm
-        if max_norm > 0 and self.accelerator.sync_gradients:
-            self.accelerator.clip_grad_norm_(parameters, max_norm)
 
     # ------------------------------------------------------------------ state and export
     def trainable_weights(self) -> dict[str, dict[str, torch.Tensor]]:

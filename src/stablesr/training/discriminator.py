@@ -72,3 +72,24 @@ def hinge_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tenso
 def hinge_generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:
     """-E[D(fake)]: the generator raises the discriminator's score of its output."""
     return -logits_fake.mean()
+
+
+class AdversarialUpdates:
+    """Mixin for trainers with a generator and `self.discriminator` (CFW, VAE): the discriminator's hinge
+    update and gradient clipping. Needs `accelerator`, `config.optimizer.max_grad_norm` and
+    `optimizers["discriminator"]`."""
+
+    def _discriminator_update(self, fake: torch.Tensor, gt: torch.Tensor) -> float:
+        logits = self.discriminator(torch.cat([gt, fake]))  # (2B, 3, S, S) -> (2B, 1, S', S')
+        logits_real, logits_fake = logits.chunk(2)
+        d_loss = hinge_discriminator_loss(logits_real, logits_fake)
+        self.accelerator.backward(d_loss)
+        self._clip(list(self.discriminator.parameters()))
+        self.optimizers["discriminator"].step()
+        self.optimizers["discriminator"].zero_grad(set_to_none=True)
+        return d_loss.item()
+
+    def _clip(self, parameters: list[torch.Tensor]) -> None:
+        max_norm = self.config.optimizer.max_grad_norm
+        if max_norm > 0 and self.accelerator.sync_gradients:
+            self.accelerator.clip_grad_norm_(parameters, max_norm)

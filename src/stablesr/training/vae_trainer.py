@@ -25,7 +25,7 @@ from stablesr.data.datasets import HRFolderDataset
 from stablesr.errors import StableSRError, WeightsNotFoundError
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.training.config import VAEArchitecture, VAETrainConfig
-from stablesr.training.discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
+from stablesr.training.discriminator import AdversarialUpdates, PatchDiscriminator, hinge_generator_loss
 from stablesr.training.loop import Trainer
 
 FUSION_PREFIXES = ("fusion_layer_1.", "fusion_layer_2.")
@@ -80,7 +80,7 @@ class Reconstruct(nn.Module):
         return self.vae.decode(z).sample, posterior.mean, posterior.logvar
 
 
-class VAETrainer(Trainer):
+class VAETrainer(AdversarialUpdates, Trainer):
     """Trains every VAE weight except the CFW fusion layers; `dataset` (optional) replaces the HR folders."""
 
     def __init__(self, config: VAETrainConfig, *, dataset=None, lpips: nn.Module | None = None) -> None:
@@ -158,20 +158,6 @@ class VAETrainer(Trainer):
         psnr = -10 * torch.log10(((reconstruction - gt) / 2).pow(2).mean().clamp_min(1e-10))
         return {"loss": loss.item(), "l1": l1.item(), "frequency": frequency.item(), "kl": kl.item(),
                 "g_loss": g_loss.item(), "psnr": psnr.item()}
-
-    def _discriminator_update(self, fake: torch.Tensor, gt: torch.Tensor) -> float:
-        logits_real, logits_fake = self.discriminator(torch.cat([gt, fake])).chunk(2)
-        d_loss = hinge_discriminator_loss(logits_real, logits_fake)
-        self.accelerator.backward(d_loss)
-        self._clip(list(self.discriminator.parameters()))
-        self.optimizers["discriminator"].step()
-        self.optimizers["discriminator"].zero_grad(set_to_none=True)
-        return d_loss.item()
-
-    def _clip(self, parameters: list[torch.Tensor]) -> None:
-        max_norm = self.config.optimizer.max_grad_norm
-        if max_norm > 0 and self.accelerator.sync_gradients:
-            self.accelerator.clip_grad_norm_(parameters, max_norm)
 
     # ------------------------------------------------------------------ state and export
     def trainable_weights(self) -> dict[str, dict[str, torch.Tensor]]:
