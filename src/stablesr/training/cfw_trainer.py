@@ -24,7 +24,7 @@ from stablesr.errors import StableSRError, WeightsNotFoundError
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.training.cfw_data import CFWTripletDataset
 from stablesr.training.config import CFWTrainConfig
-from stablesr.training.discriminator import AdversarialUpdates, PatchDiscriminator, hinge_generator_loss
+from stablesr.training.discriminator import AdversarialUpdates, hinge_generator_loss
 from stablesr.training.loop import Trainer
 
 FUSION_PREFIXES = ("fusion_layer_1.", "fusion_layer_2.")
@@ -70,7 +70,7 @@ class CFWTrainer(AdversarialUpdates, Trainer):
     def build(self) -> None:
         from stablesr.weights.loading import load_pipeline
 
-        config, accelerator = self.config, self.accelerator
+        config = self.config
         self.pipe = self._pipeline if self._pipeline is not None else load_pipeline(config.pipeline)
         vae = self.pipe.vae.eval().requires_grad_(False)
         if config.fresh_fusion:
@@ -80,15 +80,7 @@ class CFWTrainer(AdversarialUpdates, Trainer):
             parameter.requires_grad_(name.startswith(self.trained_prefixes))
         self.trainable = vae
         self.perceptual = self._perceptual_loss()
-        discriminator = PatchDiscriminator(channels=config.loss.disc_channels, num_layers=config.loss.disc_layers)
-        adam = dict(lr=config.optimizer.learning_rate, betas=config.optimizer.betas,
-                    weight_decay=config.optimizer.weight_decay, eps=config.optimizer.eps)
-        fusion_params = [p for p in vae.parameters() if p.requires_grad]
-        prepared = accelerator.prepare(CFWDecoder(vae), discriminator, torch.optim.Adam(fusion_params, **adam),
-                                       torch.optim.Adam(discriminator.parameters(), **adam))
-        self.model, self.discriminator, optimizer_g, optimizer_d = prepared
-        self.optimizers = {"fusion": optimizer_g, "discriminator": optimizer_d}
-        self.accumulate_modules = [self.model, self.discriminator]
+        self._prepare_with_discriminator(CFWDecoder(vae), [p for p in vae.parameters() if p.requires_grad], "fusion")
         self.dataset = self._triplets
 
     def _perceptual_loss(self) -> nn.Module | None:

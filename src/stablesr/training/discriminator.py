@@ -79,6 +79,19 @@ class AdversarialUpdates:
     update and gradient clipping. Needs `accelerator`, `config.optimizer.max_grad_norm` and
     `optimizers["discriminator"]`."""
 
+    def _prepare_with_discriminator(self, generator: nn.Module, parameters: list[torch.Tensor], name: str) -> None:
+        """Prepare `generator` (optimised over `parameters` as optimizers[name]) with a fresh PatchGAN and
+        its own Adam, both from the config; sets model, discriminator, optimizers, accumulate_modules."""
+        config = self.config
+        discriminator = PatchDiscriminator(channels=config.loss.disc_channels, num_layers=config.loss.disc_layers)
+        adam = dict(lr=config.optimizer.learning_rate, betas=config.optimizer.betas,
+                    weight_decay=config.optimizer.weight_decay, eps=config.optimizer.eps)
+        prepared = self.accelerator.prepare(generator, discriminator, torch.optim.Adam(parameters, **adam),
+                                            torch.optim.Adam(discriminator.parameters(), **adam))
+        self.model, self.discriminator, optimizer_g, optimizer_d = prepared
+        self.optimizers = {name: optimizer_g, "discriminator": optimizer_d}
+        self.accumulate_modules = [self.model, self.discriminator]
+
     def _discriminator_update(self, fake: torch.Tensor, gt: torch.Tensor) -> float:
         logits = self.discriminator(torch.cat([gt, fake]))  # (2B, 3, S, S) -> (2B, 1, S', S')
         logits_real, logits_fake = logits.chunk(2)

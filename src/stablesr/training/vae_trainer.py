@@ -25,7 +25,7 @@ from stablesr.data.datasets import HRFolderDataset
 from stablesr.errors import StableSRError, WeightsNotFoundError
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.training.config import VAEArchitecture, VAETrainConfig
-from stablesr.training.discriminator import AdversarialUpdates, PatchDiscriminator, hinge_generator_loss
+from stablesr.training.discriminator import AdversarialUpdates, hinge_generator_loss
 from stablesr.training.loop import Trainer
 
 FUSION_PREFIXES = ("fusion_layer_1.", "fusion_layer_2.")
@@ -91,21 +91,13 @@ class VAETrainer(AdversarialUpdates, Trainer):
         super().__init__(config)
 
     def build(self) -> None:
-        config, accelerator = self.config, self.accelerator
+        config = self.config
         vae = build_vae(config.architecture).train()
         for name in ("fusion_layer_1", "fusion_layer_2"):
             getattr(vae, name).requires_grad_(False)
         self.trainable = vae
         self.perceptual = self._perceptual_loss()
-        discriminator = PatchDiscriminator(channels=config.loss.disc_channels, num_layers=config.loss.disc_layers)
-        adam = dict(lr=config.optimizer.learning_rate, betas=config.optimizer.betas,
-                    weight_decay=config.optimizer.weight_decay, eps=config.optimizer.eps)
-        params = [p for p in vae.parameters() if p.requires_grad]
-        prepared = accelerator.prepare(Reconstruct(vae), discriminator, torch.optim.Adam(params, **adam),
-                                       torch.optim.Adam(discriminator.parameters(), **adam))
-        self.model, self.discriminator, optimizer_g, optimizer_d = prepared
-        self.optimizers = {"vae": optimizer_g, "discriminator": optimizer_d}
-        self.accumulate_modules = [self.model, self.discriminator]
+        self._prepare_with_discriminator(Reconstruct(vae), [p for p in vae.parameters() if p.requires_grad], "vae")
         data = config.data
         self.dataset = self._dataset or HRFolderDataset(
             data.hr_folders, crop_size=data.crop_size, min_size=data.min_size, min_bytes=data.min_bytes,
