@@ -26,8 +26,8 @@ Sampler = Literal["ddpm", "ddim"]
 ColorFix = Literal["adain", "wavelet", "none"]
 Start = Literal["lr", "noise"]
 
-UPSCALE_DEFAULTS_FILE = "upscale_defaults.json"
-DEFAULT_VAE_TILE_SIZE = 1024  # the official VAE tile; the largest one a memory budget chooses  # per-model defaults at the root of a pipeline folder
+UPSCALE_DEFAULTS_FILE = "upscale_defaults.json"  # per-model defaults at the root of a pipeline folder
+DEFAULT_VAE_TILE_SIZE = 1024  # the official VAE tile; the largest one a memory budget chooses
 
 
 class SettingsError(StableSRError, ValueError):

@@ -141,7 +141,7 @@ class Upscaler:
         if loaded.rgb_float is not None:
             lr = loaded.to_unit_tensor()  # 16-bit sources keep their precision
         else:
-            lr = torch.from_numpy(np.asarray(loaded.rgb)).permute(2, 0, 1)[None]  # (H, W, 3) uint8 -> (1, 3, H, W)
+            lr = torch.from_numpy(np.array(loaded.rgb)).permute(2, 0, 1)[None]  # (H, W, 3) uint8 -> (1, 3, H, W)
         array = self.realesrgan.upscale_to_array(lr, outscale=self.settings.upscale, bit_depth=loaded.bit_depth,
                                                  progress=self.progress, tile_size=tile_size)
         del lr

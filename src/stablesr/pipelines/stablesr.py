@@ -242,7 +242,7 @@ class StableSRPipeline(SRPipeline):
         decode_tile, decode_overlap = settings.vae_decode_tiles(self.vae_scale_factor)
         decoded = decode_tiled(self.vae, z, tile_size=decode_tile, tile_overlap=decode_overlap,
                                cond_image=lr_up if settings.fidelity > 0 else None, fidelity=settings.fidelity,
-                               progress=progress and not getattr(self, "_progress_bar_config", {}).get("disable", False))
+                               progress=progress and not self._bars_disabled())
         decoded = self._color_fix(decoded.float(), lr_up.float(), settings.color_fix)
         if not torch.isfinite(decoded).all():
             raise NonFiniteOutputError(f"the decoded image has NaN/Inf values in {vae_dtype}"
@@ -250,6 +250,9 @@ class StableSRPipeline(SRPipeline):
         sr = postprocess_sr(decoded, pre)  # (1, 3, H_out, W_out) in [-1, 1]
         del decoded
         return sr.add_(1).div_(2).clamp_(0, 1).cpu()  # to_unit_range, in place
+
+    def _bars_disabled(self) -> bool:
+        return getattr(self, "_progress_bar_config", {}).get("disable", False)
 
     @staticmethod
     def _color_fix(decoded: torch.Tensor, lr_up: torch.Tensor, method) -> torch.Tensor:
