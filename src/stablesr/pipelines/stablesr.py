@@ -58,8 +58,8 @@ NoiseSampler = Callable[[torch.Tensor], torch.Tensor]
 WAVELET_REACH = 2**WAVELET_LEVELS  # rows of context the wavelet colour fix needs (its blurs reach 1 + 2 + ... + 16)
 COLOR_FIX_BAND_ROWS = 256
 # Image-sized bytes per pixel of the upsampled image at the decode: lr_up, the decoded and the
-# colour-fixed float32 images (12 B each), the cropped [0, 1] output and the latents; measured
-# with stablesr-nano at 4096 px (see `stablesr bench decode`), rounded up.
+# colour-fixed float32 images (12 B each), the cropped [0, 1] output and the latents. Counted from
+# the code, not measured yet: check it against an end-to-end peak before relying on it.
 IMAGE_BYTES_PER_PIXEL = 48
 
 
