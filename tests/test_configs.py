@@ -92,3 +92,10 @@ def test_flags_generated_from_the_fields_carry_their_help():
     assert args.preset == "turbo"
     with pytest.raises(SystemExit):
         parser.parse_args(["--sampler", "euler"])
+
+
+def test_max_memory_is_checked_once_and_the_vae_tile_defaults_to_the_budget():
+    assert UpscaleSettings().max_memory == "auto" and UpscaleSettings().vae_tile_size is None
+    assert UpscaleSettings(max_memory="6GB").max_memory == "6GB"
+    with pytest.raises(SettingsError, match=r"--max-memory '6 gigs' \(max_memory\): must be a size such as 6GB"):
+        UpscaleSettings(max_memory="6 gigs")

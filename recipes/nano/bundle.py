@@ -23,7 +23,7 @@ CARD = ROOT / "docs" / "stablesr-nano.md"
 BEGIN, END = "<!-- files:begin -->", "<!-- files:end -->"
 # The recommended settings (chosen on the validation split; see the model card).
 DEFAULTS = {"num_inference_steps": 4, "sampler": "ddpm", "start": "lr", "color_fix": "wavelet",
-            "fidelity": 1.0, "tile_size": 128, "tile_overlap": 32, "tile_batch_size": 1, "vae_tile_size": 1024}
+            "fidelity": 1.0, "tile_size": 128, "tile_overlap": 32, "tile_batch_size": 1}  # VAE tiles: from the memory budget
 
 
 def file_table(folder: Path) -> str:

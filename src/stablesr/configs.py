@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from stablesr.errors import StableSRError
+from stablesr.tiling.budget import is_memory_size
 
 Sampler = Literal["ddpm", "ddim"]
 ColorFix = Literal["adain", "wavelet", "none"]
 Start = Literal["lr", "noise"]
 
 UPSCALE_DEFAULTS_FILE = "upscale_defaults.json"  # per-model defaults at the root of a pipeline folder
+DEFAULT_VAE_TILE_SIZE = 1024  # the official VAE tile; the largest one a memory budget chooses
 
 
 class SettingsError(StableSRError, ValueError):
@@ -166,8 +168,15 @@ class UpscaleSettings(Settings):
                                 check=lambda v: v >= 0, rule="must be >= 0")
     tile_batch_size: int = setting(4, "latent tiles per UNet call", group="tiles and memory",
                                    check=lambda v: v >= 1, rule="must be >= 1")
-    vae_tile_size: int = setting(1024, "VAE tile size in pixels (a multiple of 8, >= 64)", group="tiles and memory",
-                                 check=lambda v: v >= 64 and v % 8 == 0, rule="must be a multiple of 8 and >= 64")
+    vae_tile_size: int | None = setting(None, "VAE tile size in pixels, a multiple of 8, >= 64 (default: the largest "
+                                              f"up to {DEFAULT_VAE_TILE_SIZE} that fits --max-memory)",
+                                        group="tiles and memory", check=lambda v: v >= 64 and v % 8 == 0,
+                                        rule="must be a multiple of 8 and >= 64")
+    max_memory: str = setting("auto", "memory budget of a run: 6GB, 1500MB, 8GiB, ... (auto: 80%% of the free RAM, "
+                                      "or of the free GPU memory on cuda); picks the VAE and Real-ESRGAN tile sizes "
+                                      "and refuses, before the big allocations, an image that cannot fit",
+                              group="tiles and memory", check=is_memory_size,
+                              rule="must be a size such as 6GB, 1500MB or 8GiB, or auto")
     min_size: int | None = setting(None, "bicubic-upscale the input at least to this short side in pixels "
                                          "(default: one latent tile, tile size x 8)", group="tiles and memory",
                                    check=_positive, rule="must be >= 1")
@@ -196,12 +205,14 @@ class UpscaleSettings(Settings):
     # Derived sizes, written once.
     @property
     def vae_encode_tiles(self) -> tuple[int, int]:
-        """(tile, overlap) in pixels for the tiled VAE encoder; the overlap is a multiple of 8."""
-        return self.vae_tile_size, self.vae_tile_size // 64 * 8
+        """(tile, overlap) in pixels for the tiled VAE encoder; the overlap is a multiple of 8. An unset
+        vae_tile_size reads as DEFAULT_VAE_TILE_SIZE (the pipeline sets it from the budget first)."""
+        tile = self.vae_tile_size or DEFAULT_VAE_TILE_SIZE
+        return tile, tile // 64 * 8
 
     def vae_decode_tiles(self, vae_scale_factor: int) -> tuple[int, int]:
         """(tile, overlap) in latent pixels for the tiled VAE decoder."""
-        latent_tile = self.vae_tile_size // vae_scale_factor
+        latent_tile = (self.vae_tile_size or DEFAULT_VAE_TILE_SIZE) // vae_scale_factor
         return max(latent_tile, 8), max(latent_tile // 4, 2)
 
 

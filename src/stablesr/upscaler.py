@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import PIL.Image
 import torch
 
@@ -34,6 +35,12 @@ NO_MODEL_MESSAGE = (
     "`stablesr upscale INPUT -o OUT --model stablesr-sd21/` (or pass the files directly with --weights). "
     "For a baseline without diffusion weights use --method realesrgan.")
 
+
+# Bytes per pixel of what a file costs outside the networks, for the memory check from its header:
+# the decoded input (Pillow's 4 B RGB, a uint8 copy, the float32 tensor, 12 B) and, for Real-ESRGAN,
+# the output (the uint8 picture, Pillow's 4 B copy for saving, an alpha channel).
+INPUT_BYTES_PER_PIXEL = 20
+OUTPUT_BYTES_PER_PIXEL = 12
 
 METHOD_MODEL_HINTS = {"ccsr": (
     "--method ccsr needs --model FOLDER, not --weights: get real-world_ccsr.ckpt (CCSR v1) or the v2 controlnet/ "
@@ -108,10 +115,38 @@ class Upscaler:
         An output over `MAX_OUTPUT_PIXELS` is refused from the file header, before anything is decoded."""
         width, height = image_size(src)
         check_output_size(height, width, self.settings.upscale)
+        if self.pipe is None:
+            return self._realesrgan_file(src, dst, (height, width), overwrite=overwrite)
+        if hasattr(self.pipe, "plan_memory") and hasattr(self.settings, "max_memory"):  # refuse before decoding
+            self.pipe.plan_memory(height, width, self.settings, input_bytes=INPUT_BYTES_PER_PIXEL * height * width)
         loaded = load_image(src)
         sr = self.upscale_tensor(loaded.to_unit_tensor(), seed=seed)  # full (16-bit) precision kept
         alpha = resize_alpha(loaded.alpha, (sr.shape[-1], sr.shape[-2])) if loaded.alpha is not None else None
         image = tensor_to_pil(sr, bit_depth=loaded.bit_depth)
+        return save_image_atomic(image, dst, overwrite=overwrite, alpha=alpha, icc_profile=loaded.icc_profile,
+                                 bit_depth=loaded.bit_depth)
+
+    def _realesrgan_file(self, src, dst, size: tuple[int, int], *, overwrite: bool) -> Path:
+        """Real-ESRGAN file to file: the tile size comes from the memory budget (checked from the header,
+        before decoding) and the x4 output streams into a uint8 (uint16 for 16-bit inputs) picture."""
+        from stablesr.tiling.budget import Budget
+
+        height, width = size
+        check_output_size(height, width, max(self.settings.upscale, 4.0))  # the x4 network output is made first
+        out_pixels = round(height * self.settings.upscale) * round(width * self.settings.upscale)
+        fixed = INPUT_BYTES_PER_PIXEL * height * width + OUTPUT_BYTES_PER_PIXEL * max(out_pixels, 16 * height * width)
+        budget = Budget.resolve(self.settings.max_memory, self.realesrgan.device)
+        tile_size = self.realesrgan.choose_tile_size(height, width, budget, fixed_bytes=fixed)
+        loaded = load_image(src)
+        if loaded.rgb_float is not None:
+            lr = loaded.to_unit_tensor()  # 16-bit sources keep their precision
+        else:
+            lr = torch.from_numpy(np.array(loaded.rgb)).permute(2, 0, 1)[None]  # (H, W, 3) uint8 -> (1, 3, H, W)
+        array = self.realesrgan.upscale_to_array(lr, outscale=self.settings.upscale, bit_depth=loaded.bit_depth,
+                                                 progress=self.progress, tile_size=tile_size)
+        del lr
+        alpha = resize_alpha(loaded.alpha, (array.shape[1], array.shape[0])) if loaded.alpha is not None else None
+        image = array if loaded.bit_depth == 16 else PIL.Image.fromarray(array, mode="RGB")
         return save_image_atomic(image, dst, overwrite=overwrite, alpha=alpha, icc_profile=loaded.icc_profile,
                                  bit_depth=loaded.bit_depth)
 

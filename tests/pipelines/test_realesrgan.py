@@ -121,3 +121,28 @@ def test_cross_fade_weights_of_neighbours_sum_to_one_and_skip_the_outer_half_pad
     assert linear_fade(4, 2, fade_in=True, fade_out=False).tolist() == [0, 0.25, 0.75, 1]  # the docstring example
     assert end[-2:].eq(0).all() and start[:2].eq(0).all()  # the outer pad/2 carries no weight
     assert torch.equal(end + start, torch.ones(8, dtype=torch.float64))
+
+
+def test_streamed_pictures_equal_the_float_path_and_tiles_follow_the_budget(capsys):
+    import numpy as np
+
+    from stablesr.image_processor import tensor_to_pil
+    from stablesr.tiling.budget import Budget, MemoryBudgetError
+
+    image_u8 = (random_image(37, 45, seed=4) * 255).round().to(torch.uint8)
+    unit = image_u8.float() / 255
+    upscaler = RealESRGANUpscaler(tiny_model(), tile_size=16, tile_pad=4)
+    for outscale, bit_depth in ((4.0, 8), (4.0, 16), (2.0, 8)):
+        expected = np.asarray(tensor_to_pil(upscaler.upscale(unit, outscale=outscale), bit_depth=bit_depth))
+        picture = upscaler.upscale_to_array(image_u8, outscale=outscale, bit_depth=bit_depth, progress=True)
+        assert picture.dtype == expected.dtype and np.array_equal(picture, expected), (outscale, bit_depth)
+    assert "Real-ESRGAN tiles" in capsys.readouterr().err  # tile progress
+    assert np.array_equal(upscaler.upscale_to_array(unit), upscaler.upscale_to_array(image_u8))  # float input too
+
+    upscaler = RealESRGANUpscaler(tiny_model(), tile_pad=4)  # the default tile (512) caps the choice
+    untiled_cost = upscaler.tile_cost(0, 37, 45)
+    assert upscaler.choose_tile_size(37, 45, Budget(int(untiled_cost), None, 0)) == 0  # whole image when it fits
+    tile = upscaler.choose_tile_size(37, 45, Budget(int(upscaler.tile_cost(32, 37, 45)), None, 0))
+    assert tile == 32 and upscaler.tile_cost(tile, 37, 45) < untiled_cost
+    with pytest.raises(MemoryBudgetError, match="Real-ESRGAN on 45x37 needs"):
+        upscaler.choose_tile_size(37, 45, Budget(1000, None, 0))

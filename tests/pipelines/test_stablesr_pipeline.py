@@ -183,3 +183,16 @@ def test_the_output_is_the_same_kind_as_the_input(tiny_pipeline):
     assert isinstance(as_pil.images[0], Image.Image)
     assert np.array_equal(as_array.images[0], as_tensor.images[0].permute(1, 2, 0).numpy())
     assert np.array_equal(np.asarray(as_pil.images[0]), (as_array.images[0] * 255).round().astype(np.uint8))
+
+
+def test_the_vae_tile_comes_from_the_budget_unless_given(tiny_pipeline):
+    from stablesr.tiling.budget import MemoryBudgetError
+
+    settings = tiny_pipeline.resolve_settings(max_memory="1TB")
+    assert tiny_pipeline.plan_memory(300, 200, settings) == 1024  # plenty: the official tile
+    roomy = tiny_pipeline.plan_memory(300, 200, tiny_pipeline.resolve_settings(max_memory="auto"))
+    assert roomy % 64 == 0 and 64 <= roomy <= 1024
+    assert tiny_pipeline.plan_memory(300, 200, tiny_pipeline.resolve_settings(max_memory="1TB", vae_tile_size=72)) == 72
+    with pytest.raises(MemoryBudgetError, match=r"StableSR on 200x300 \(upsampled to 800x1200\) needs .* over the "
+                                                r"budget of 1 MB \(--max-memory"):
+        tiny_pipeline.plan_memory(300, 200, tiny_pipeline.resolve_settings(max_memory="1MB"))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 
@@ -97,3 +98,42 @@ def test_a_runtime_error_fails_one_file_and_the_batch_goes_on(cli, tmp_path, tin
     assert code == 1 and "1 done, 0 skipped, 1 failed" in out
     assert "not enough memory" in err and "you tried" not in err  # one line per failure
     assert len(list((tmp_path / "out").iterdir())) == 1
+
+
+def test_a_bad_memory_budget_is_a_usage_error(cli, tmp_path, tiny_model_dir, photo):
+    code, out, err = cli("upscale", photo, "-o", tmp_path / "out", "--model", tiny_model_dir, "--max-memory", "lots")
+    assert code == 2 and "--max-memory 'lots' (max_memory): must be a size such as 6GB" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_over_the_memory_budget_fails_alone_before_decoding(cli, tmp_path, tiny_model_dir, photo,
+                                                                     monkeypatch):
+    from stablesr import imaging
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("decoded an image that was refused from its header")
+
+    bomb = tiny_png_bomb(photo.parent / "bomb.png", side=4000)  # 16 MP -> 256 MP at x4: under the MP limit
+    monkeypatch.setattr("stablesr.upscaler.load_image", lambda path, **kw: no_decode() if path == bomb
+                        else imaging.load_image(path, **kw))
+    code, out, err = cli("upscale", photo.parent, "-o", tmp_path / "out", "--model", tiny_model_dir, "--steps", "1",
+                         "--tile-size", "8", "--tile-overlap", "4", "--no-progress", "--max-memory", "8GB")
+    assert code == 1 and "1 done, 0 skipped, 1 failed" in out
+    assert "bomb.png: StableSR on 4000x4000 (upsampled to 16000x16000) needs" in err and "--max-memory" in err
+    assert not (tmp_path / "out" / "bomb.png").exists()
+
+
+def test_realesrgan_refuses_a_bomb_from_its_header_at_any_scale(cli, tmp_path, photo):
+    from stablesr.models.rrdbnet import RRDBNet
+
+    weights = tmp_path / "tiny_rrdb.pth"
+    torch.manual_seed(0)
+    torch.save(RRDBNet(num_features=8, num_blocks=1, growth_channels=4).state_dict(), weights)
+    tiny_png_bomb(photo.parent / "bomb.png")
+    common = ("--method", "realesrgan", "--realesrgan-weights", weights, "--no-progress")
+    code, out, err = cli("upscale", photo.parent, "-o", tmp_path / "out", "--scale", "0.5", *common)
+    assert code == 1 and "1 done, 0 skipped, 1 failed" in out
+    assert "68000x68000" in err and "MP limit" in err  # the x4 network output, from the header
+    code, out, err = cli("upscale", photo, "-o", tmp_path / "small", "--max-memory", "1MB", *common)
+    assert code == 1 and "Real-ESRGAN on 16x12 needs" in err and "--max-memory" in err
+    assert not (tmp_path / "small").exists() or not any((tmp_path / "small").iterdir())

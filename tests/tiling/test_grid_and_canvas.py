@@ -31,3 +31,37 @@ def test_canvas_returns_a_constant_exactly_under_every_weight():
             canvas.add(window, torch.full((1, 2, window.height, window.width), 0.75, dtype=torch.float64),
                        weight_of(window))
         assert (canvas.result() - 0.75).abs().max().item() < 1e-15, name
+
+
+def test_streaming_canvas_equals_the_whole_canvas_bitwise_and_quantises_like_tensor_to_pil():
+    import numpy as np
+    import pytest
+
+    from stablesr.image_processor import tensor_to_pil
+    from stablesr.tiling.canvas import StreamingCanvas, quantized_sink, tensor_sink
+
+    generator = torch.Generator().manual_seed(0)
+    windows = window_grid(45, 38, tile_size=16, tile_overlap=6)  # rows outer: y0 never decreases
+    weights = gaussian_weights(16, 16).float()
+    outs = [torch.rand(1, 3, 16, 16, generator=generator) for _ in windows]
+    whole = BlendCanvas((1, 3, 45, 38), dtype=torch.float32, device=torch.device("cpu"))
+    streamed = torch.full((1, 3, 45, 38), float("nan"))
+    picture = np.zeros((45, 38, 3), dtype=np.uint8)
+    canvases = [StreamingCanvas((1, 3, 45, 38), band_rows=16, sink=sink, dtype=torch.float32,
+                                device=torch.device("cpu"))
+                for sink in (tensor_sink(streamed), quantized_sink(picture))]
+    for window, out in zip(windows, outs):
+        whole.add(window, out, weights)
+        for canvas in canvases:
+            canvas.add(window, out, weights)
+    for canvas in canvases:
+        canvas.finish()
+    assert torch.equal(streamed, whole.result())
+    assert np.array_equal(picture, np.asarray(tensor_to_pil(whole.result())))
+    assert canvases[0].total.shape == (1, 3, 16, 38)  # one band of rows, not the image
+    with pytest.raises(ValueError, match="row order"):
+        canvases[0].add(windows[0], outs[0], weights)
+    small = StreamingCanvas((1, 3, 45, 38), band_rows=8, sink=tensor_sink(streamed), dtype=torch.float32,
+                            device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="exceed the band"):
+        small.add(windows[0], outs[0], weights)

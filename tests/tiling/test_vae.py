@@ -171,3 +171,18 @@ def test_bad_arguments_raise(vae):
         decode_tiled(vae, torch.zeros(1, 4, 8, 8), tile_size=4, tile_overlap=4)
     with pytest.raises(ValueError, match="8x the latent"):
         decode_tiled(vae, torch.zeros(1, 4, 8, 8), cond_image=torch.zeros(1, 3, 32, 32), fidelity=1.0)
+
+
+def test_a_streamed_uint8_decode_equals_quantising_the_float_decode(vae, z, cond_image):
+    import numpy as np
+
+    from stablesr.image_processor import tensor_to_pil, to_unit_range
+    from stablesr.tiling.canvas import quantized_sink
+
+    whole = decode_tiled(vae, z, tile_size=12, tile_overlap=4, cond_image=cond_image, fidelity=0.5)
+    picture = np.zeros((z.shape[-2] * 8, z.shape[-1] * 8, 3), dtype=np.uint8)
+    assert decode_tiled(vae, z, tile_size=12, tile_overlap=4, cond_image=cond_image, fidelity=0.5,
+                        sink=quantized_sink(picture, model_range=True), progress=True) is None
+    expected = np.asarray(tensor_to_pil(to_unit_range(whole)))
+    difference = np.abs(picture.astype(int) - expected)
+    assert difference.max() <= 1 and (difference == 0).mean() > 0.999  # the same float ops: equal in practice

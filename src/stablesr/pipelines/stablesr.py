@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import PIL.Image
@@ -21,8 +22,8 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
-from stablesr.color_fix import apply_color_fix
-from stablesr.configs import UpscaleSettings
+from stablesr.color_fix import WAVELET_LEVELS, apply_color_fix
+from stablesr.configs import DEFAULT_VAE_TILE_SIZE, UpscaleSettings
 from stablesr.errors import StableSRError
 from stablesr.image_processor import (
     ImageInput,
@@ -31,7 +32,6 @@ from stablesr.image_processor import (
     postprocess_images,
     preprocess_images,
     to_model_range,
-    to_unit_range,
 )
 from stablesr.imaging import postprocess_sr, preprocess_lr
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
@@ -42,9 +42,25 @@ from stablesr.sampling.chain import sample_chain
 from stablesr.sampling.samplers import default_noise_sampler
 from stablesr.sampling.schedules import betas_scaled_linear
 from stablesr.tiling.aggregation import TiledDenoiser
+from stablesr.tiling.budget import (
+    Budget,
+    band_bytes,
+    choose_tile,
+    decoder_bytes_per_pixel,
+    encoder_bytes_per_pixel,
+    tile_candidates,
+)
+from stablesr.tiling.rows import map_row_bands
 from stablesr.tiling.vae import decode_tiled, encode_tiled
 
 NoiseSampler = Callable[[torch.Tensor], torch.Tensor]
+
+WAVELET_REACH = 2**WAVELET_LEVELS  # rows of context the wavelet colour fix needs (its blurs reach 1 + 2 + ... + 16)
+COLOR_FIX_BAND_ROWS = 256
+# Image-sized bytes per pixel of the upsampled image at the decode: lr_up, the decoded and the
+# colour-fixed float32 images (12 B each), the cropped [0, 1] output and the latents. Counted from
+# the code, not measured yet: check it against an end-to-end peak before relying on it.
+IMAGE_BYTES_PER_PIXEL = 48
 
 
 class NonFiniteOutputError(StableSRError):
@@ -193,6 +209,7 @@ class StableSRPipeline(SRPipeline):
         """Steps 3-6 for one (1, 3, H, W) image in [0, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU."""
         device, vae_dtype = self.device, self.vae.dtype
         scaling = self.vae.config.scaling_factor
+        settings = replace(settings, vae_tile_size=self.plan_memory(*lr.shape[-2:], settings))
 
         # 3. Preprocess: to [-1, 1], bicubic upscale (short side >= min_size), pad to a multiple of 8
         pre = preprocess_lr(to_model_range(lr), upscale=settings.upscale, min_size=settings.min_size,
@@ -221,15 +238,56 @@ class StableSRPipeline(SRPipeline):
 
         # 6. Decode with CFW (encoder features of lr_up per tile), colour-fix, undo the padding
         z = samples.to(vae_dtype) / scaling
+        del samples, model, lr_latent, posterior
         decode_tile, decode_overlap = settings.vae_decode_tiles(self.vae_scale_factor)
         decoded = decode_tiled(self.vae, z, tile_size=decode_tile, tile_overlap=decode_overlap,
-                               cond_image=lr_up if settings.fidelity > 0 else None, fidelity=settings.fidelity)
-        decoded = apply_color_fix(decoded.float(), lr_up.float(), method=settings.color_fix)
+                               cond_image=lr_up if settings.fidelity > 0 else None, fidelity=settings.fidelity,
+                               progress=progress and not self._bars_disabled())
+        decoded = self._color_fix(decoded.float(), lr_up.float(), settings.color_fix)
         if not torch.isfinite(decoded).all():
             raise NonFiniteOutputError(f"the decoded image has NaN/Inf values in {vae_dtype}"
                                        + _retry_hint(vae_dtype))
         sr = postprocess_sr(decoded, pre)  # (1, 3, H_out, W_out) in [-1, 1]
-        return to_unit_range(sr).cpu()
+        del decoded
+        return sr.add_(1).div_(2).clamp_(0, 1).cpu()  # to_unit_range, in place
+
+    def _bars_disabled(self) -> bool:
+        return getattr(self, "_progress_bar_config", {}).get("disable", False)
+
+    @staticmethod
+    def _color_fix(decoded: torch.Tensor, lr_up: torch.Tensor, method) -> torch.Tensor:
+        """apply_color_fix; the wavelet fix (a local operator) runs in bands of rows, so its
+        temporaries are band-sized (equal to the whole-image call up to float rounding)."""
+        if method != "wavelet":
+            return apply_color_fix(decoded, lr_up, method=method)
+        return map_row_bands(partial(apply_color_fix, method="wavelet"), decoded, lr_up,
+                             margin=WAVELET_REACH, band_rows=COLOR_FIX_BAND_ROWS)
+
+    # ---------------------------------------------------------------- memory
+    def plan_memory(self, height: int, width: int, settings: UpscaleSettings, *, input_bytes: float = 0) -> int:
+        """The VAE tile size in pixels for an LR image of height x width: `settings.vae_tile_size` when
+        set, else the largest multiple of 64 up to DEFAULT_VAE_TILE_SIZE whose encoder and decoder tile
+        plus the image-sized buffers (IMAGE_BYTES_PER_PIXEL of the upsampled image, and `input_bytes`)
+        fit `settings.max_memory`. MemoryBudgetError, before any image-sized allocation, when the
+        buffers with the smallest tile (64 px) do not fit."""
+        scale = max(settings.min_size / min(height, width), settings.upscale)
+        multiple = self.vae_scale_factor
+        up_h, up_w = (-(-int(side * scale) // multiple) * multiple for side in (height, width))  # padded lr_up
+        channels, dtype = self.vae.config.block_out_channels, self.vae.dtype
+        encode_pixel, decode_pixel = encoder_bytes_per_pixel(channels, dtype), decoder_bytes_per_pixel(channels, dtype)
+        fixed = IMAGE_BYTES_PER_PIXEL * up_h * up_w + input_bytes
+
+        def cost(tile: int) -> float:
+            tile_h, tile_w = min(tile, up_h), min(tile, up_w)
+            decode = decode_pixel * tile_h * tile_w + band_bytes(tile_h, up_w, 3, dtype.itemsize)
+            return fixed + max(encode_pixel * tile_h * tile_w, decode)
+
+        budget = Budget.resolve(settings.max_memory, self.device)
+        what = f"StableSR on {width}x{height} (upsampled to {up_w}x{up_h})"
+        if settings.vae_tile_size is not None:
+            return choose_tile(budget, cost=lambda tile: fixed, candidates=[settings.vae_tile_size], what=what)
+        candidates = tile_candidates(DEFAULT_VAE_TILE_SIZE, 64, 64)
+        return choose_tile(budget, cost=cost, candidates=candidates, what=what)
 
     @contextmanager
     def _progress(self, steps: int, progress: bool, callback):

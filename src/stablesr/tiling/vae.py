@@ -24,7 +24,8 @@ border artefacts than not sharing statistics at all.
 
 The mid-block self-attention becomes local to each window (the official StableSR pixel split is
 local too). When the input fits in one tile the untiled network runs unchanged: the result is exact.
-Peak memory: one window (at most tile_size per side) plus the output canvas and its weight map.
+Peak memory: one window (at most tile_size per side) plus one band of rows of the blend (the windows
+of one grid row, in float) and the output: a float image, or a `sink` such as a uint8 picture.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
+from tqdm.auto import tqdm
 
-from stablesr.tiling.canvas import BlendCanvas
+from stablesr.tiling.canvas import RowSink, StreamingCanvas, tensor_sink
 from stablesr.tiling.grid import Window, axis_starts
 from stablesr.tiling.weights import raised_cosine_ramp
 
@@ -75,7 +77,7 @@ def encode_tiled(
         return vae.encode(crop).latent_dist.parameters  # (B, 2 * latent_channels, rows, cols)
 
     tiling = Tiling(latent_size, tile_size // scale, tile_overlap // scale)
-    sharing = _shared_statistics(vae, tiling, encode_window)
+    sharing = _shared_statistics(vae, tiling, encode_window, None)
     with sharing.active(collect=False):
         return DiagonalGaussianDistribution(tiling.blend(encode_window, out_scale=1))
 
@@ -89,11 +91,16 @@ def decode_tiled(
     tile_overlap: int = 16,
     cond_image: torch.Tensor | None = None,
     fidelity: float = 0.0,
-) -> torch.Tensor:
+    sink: RowSink | None = None,
+    progress: bool = False,
+) -> torch.Tensor | None:
     """z (B, 4, h, w) UNSCALED -> image (B, 3, 8h, 8w); tile_size / tile_overlap in latent pixels.
 
     With a CFWAutoencoderKL, cond_image (B, 3, 8h, 8w) in [-1, 1] (the bicubic-upsampled LR) and
     fidelity > 0, the CFW encoder features of every window come from the matching pixel crop.
+    With a `sink`, finished output rows stream into it (a `StreamingCanvas` band at a time) and
+    nothing is returned: e.g. `quantized_sink` writes a uint8 picture, with no image-sized float.
+    `progress` shows a bar over the window runs (the statistics passes and the decode).
     """
     if tile_overlap < 0 or tile_size <= tile_overlap:
         raise ValueError(f"need 0 <= tile_overlap < tile_size, got {tile_overlap}, {tile_size}")
@@ -114,11 +121,13 @@ def decode_tiled(
 
     latent_size = tuple(z.shape[-2:])
     if max(latent_size) <= tile_size:
-        return decode_window(slice(0, latent_size[0]), slice(0, latent_size[1]))
+        image = decode_window(slice(0, latent_size[0]), slice(0, latent_size[1]))
+        return image if sink is None else sink(0, image)
     tiling = Tiling(latent_size, tile_size, tile_overlap)
-    sharing = _shared_statistics(vae, tiling, decode_window)
-    with sharing.active(collect=False):
-        return tiling.blend(decode_window, out_scale=scale)
+    with tqdm(desc="VAE decode tiles", unit="tile", leave=False, disable=not progress) as bar:
+        sharing = _shared_statistics(vae, tiling, decode_window, bar)
+        with sharing.active(collect=False):
+            return tiling.blend(decode_window, out_scale=scale, sink=sink, bar=bar)
 
 
 # --------------------------------------------------------------------------------------------- tiling
@@ -146,19 +155,27 @@ class Tiling:
                 size = (rows.stop - rows.start, cols.stop - cols.start)
                 yield rows, cols, WindowRegion(size, owned_rows, owned_cols)
 
-    def blend(self, run_window, *, out_scale: int) -> torch.Tensor:
-        """Sum of run_window(rows, cols) (B, C, s*rows, s*cols) x ramp weights, divided by the summed weights."""
+    def blend(self, run_window, *, out_scale: int, sink: RowSink | None = None, bar=None) -> torch.Tensor | None:
+        """Sum of run_window(rows, cols) (B, C, s*rows, s*cols) x ramp weights, divided by the summed weights:
+        returned whole, or streamed into `sink` row band by row band (then None is returned)."""
         height, width = self.latent_size
-        canvas = None
+        canvas, output = None, None
         for rows, cols, _ in self.windows():
             window_out = run_window(rows, cols)
             if canvas is None:
-                canvas = BlendCanvas((*window_out.shape[:2], height * out_scale, width * out_scale),
-                                     dtype=window_out.dtype, device=window_out.device)
+                shape = (*window_out.shape[:2], height * out_scale, width * out_scale)
+                if sink is None:
+                    output = torch.empty(shape, dtype=window_out.dtype, device=window_out.device)
+                band_rows = max(window.stop - window.start for window, _ in self.row_windows) * out_scale
+                canvas = StreamingCanvas(shape, band_rows=band_rows, sink=sink or tensor_sink(output),
+                                         dtype=window_out.dtype, device=window_out.device)
             window_weight = self._window_weight(rows, cols, out_scale).to(window_out)  # (1, 1, s*rows, s*cols)
             canvas.add(Window(rows.start, rows.stop, cols.start, cols.stop).scaled(out_scale), window_out,
                        window_weight)
-        return canvas.result()
+            if bar is not None:
+                bar.update()
+        canvas.finish()
+        return output
 
     def _window_weight(self, rows: slice, cols: slice, scale: int) -> torch.Tensor:
         """(1, 1, s*rows, s*cols): ramps on the sides that face another window, flat at image borders."""
@@ -182,17 +199,23 @@ def _axis_windows(size: int, tile: int, overlap: int) -> list[tuple[slice, slice
     ]
 
 
-def _shared_statistics(vae: nn.Module, tiling: Tiling, run_window) -> GroupNormSharing:
-    """Whole-image GroupNorm statistics, accumulated window by window (see the module docstring)."""
+def _shared_statistics(vae: nn.Module, tiling: Tiling, run_window, bar) -> GroupNormSharing:
+    """Whole-image GroupNorm statistics, accumulated window by window (see the module docstring).
+    `bar` (a tqdm or None) learns the total window runs and advances with each."""
     sharing = GroupNormSharing(vae)
     rows, cols, _ = next(tiling.windows())
     with sharing.active(collect=True):
         run_window(rows, cols)  # only to learn the order in which the GroupNorms run
     call_order, sharing.sums = list(sharing.sums), {}
+    windows = list(tiling.windows())
+    if bar is not None:
+        bar.reset(total=len(windows) * (len(call_order) + 1))  # the statistics passes, then the decode
     for norm in call_order:  # earlier GroupNorms are already frozen to their whole-image statistics
-        for rows, cols, region in tiling.windows():
+        for rows, cols, region in windows:
             with sharing.active(collect=norm, region=region), suppress(_StopForward):
                 run_window(rows, cols)
+            if bar is not None:
+                bar.update()
         sharing.freeze()
     return sharing
 
@@ -250,8 +273,14 @@ class GroupNormSharing:
         return normed * norm.weight.reshape(affine_shape) + norm.bias.reshape(affine_shape)
 
     def _accumulate(self, norm: nn.GroupNorm, x: torch.Tensor) -> None:
-        grouped = x.reshape(x.shape[0], norm.num_groups, -1).double()  # (B, C, h, w) -> (B, G, C/G*h*w)
-        sums = torch.stack([torch.full_like(grouped[..., 0], grouped.shape[-1]), grouped.sum(-1), (grouped**2).sum(-1)])
+        grouped = x.reshape(x.shape[0], norm.num_groups, -1)  # (B, C, h, w) -> (B, G, C/G*h*w)
+        totals, squares = [], []
+        for group in range(norm.num_groups):  # float64 one group at a time: the copy is 1/G of the map
+            part = grouped[:, group].double()  # (B, C/G*h*w)
+            totals.append(part.sum(-1))
+            squares.append((part * part).sum(-1))
+        count = torch.full((x.shape[0], norm.num_groups), grouped.shape[-1], dtype=torch.float64, device=x.device)
+        sums = torch.stack([count, torch.stack(totals, -1), torch.stack(squares, -1)])  # (3, B, G)
         self.sums[norm] = self.sums[norm] + sums if norm in self.sums else sums
 
 
