@@ -144,8 +144,29 @@ def _positive(value) -> bool:
     return value > 0
 
 
+class TiledSettings(Settings):
+    """The tile rules shared by every latent-diffusion method's settings (fields `tile_size`,
+    `tile_overlap`, `vae_tile_size`): the overlap check and the derived VAE tile sizes, written once."""
+
+    def check_together(self) -> None:
+        if self.tile_overlap >= self.tile_size:
+            self.fail("tile_overlap", f"must be < the tile size {self.tile_size} (--tile-size)")
+
+    @property
+    def vae_encode_tiles(self) -> tuple[int, int]:
+        """(tile, overlap) in pixels for the tiled VAE encoder; the overlap is a multiple of 8. An unset
+        vae_tile_size reads as DEFAULT_VAE_TILE_SIZE (the pipeline sets it from the budget first)."""
+        tile = self.vae_tile_size or DEFAULT_VAE_TILE_SIZE
+        return tile, tile // 64 * 8
+
+    def vae_decode_tiles(self, vae_scale_factor: int) -> tuple[int, int]:
+        """(tile, overlap) in latent pixels for the tiled VAE decoder."""
+        latent_tile = (self.vae_tile_size or DEFAULT_VAE_TILE_SIZE) // vae_scale_factor
+        return max(latent_tile, 8), max(latent_tile // 4, 2)
+
+
 @dataclass(frozen=True)
-class UpscaleSettings(Settings):
+class UpscaleSettings(TiledSettings):
     """Every knob of a StableSR upscale, with the defaults of the official tile script
     (`sr_val_ddpm_text_T_vqganfin_oldcanvas_tile.py`) except where noted in the field help.
 
@@ -197,23 +218,6 @@ class UpscaleSettings(Settings):
         "ddim-cfg": {"num_inference_steps": 20, "sampler": "ddim", "eta": 1.0, "guidance_scale": 7.0,
                      "start": "noise"},
     }
-
-    def check_together(self) -> None:
-        if self.tile_overlap >= self.tile_size:
-            self.fail("tile_overlap", f"must be < the tile size {self.tile_size} (--tile-size)")
-
-    # Derived sizes, written once.
-    @property
-    def vae_encode_tiles(self) -> tuple[int, int]:
-        """(tile, overlap) in pixels for the tiled VAE encoder; the overlap is a multiple of 8. An unset
-        vae_tile_size reads as DEFAULT_VAE_TILE_SIZE (the pipeline sets it from the budget first)."""
-        tile = self.vae_tile_size or DEFAULT_VAE_TILE_SIZE
-        return tile, tile // 64 * 8
-
-    def vae_decode_tiles(self, vae_scale_factor: int) -> tuple[int, int]:
-        """(tile, overlap) in latent pixels for the tiled VAE decoder."""
-        latent_tile = (self.vae_tile_size or DEFAULT_VAE_TILE_SIZE) // vae_scale_factor
-        return max(latent_tile, 8), max(latent_tile // 4, 2)
 
 
 PRESETS: dict[str, dict[str, Any]] = UpscaleSettings.presets

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from stablesr.configs import ColorFix, Settings, Start, setting
+from stablesr.configs import ColorFix, Start, TiledSettings, setting
 
 V2_PROMPT = "clean, high-resolution, 8k"  # test_ccsr_tile.py --added_prompt
 V2_NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
@@ -22,7 +22,7 @@ def _positive(value) -> bool:
 
 
 @dataclass(frozen=True)
-class CCSRSettings(Settings):
+class CCSRSettings(TiledSettings):
     """Every knob of a CCSR upscale (see the module docstring for the defaults' source)."""
 
     upscale: float = setting(4.0, "upscaling factor", flag="--scale", check=_positive, rule="must be > 0")
@@ -61,17 +61,6 @@ class CCSRSettings(Settings):
     }
 
     def check_together(self) -> None:
-        if self.tile_overlap >= self.tile_size:
-            self.fail("tile_overlap", f"must be < the tile size {self.tile_size} (--tile-size)")
+        super().check_together()
         if self.t_min >= self.t_max:
             self.fail("t_min", f"must be < t_max {self.t_max} (--t-max)")
-
-    @property
-    def vae_encode_tiles(self) -> tuple[int, int]:
-        """(tile, overlap) in pixels for the tiled condition encoder; the overlap is a multiple of 8."""
-        return self.vae_tile_size, self.vae_tile_size // 64 * 8
-
-    def vae_decode_tiles(self, vae_scale_factor: int) -> tuple[int, int]:
-        """(tile, overlap) in latent pixels for the tiled VAE decoder."""
-        latent_tile = self.vae_tile_size // vae_scale_factor
-        return max(latent_tile, 8), max(latent_tile // 4, 2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from stablesr.configs import ColorFix, Settings, setting
+from stablesr.configs import ColorFix, TiledSettings, setting
 
 
 def _positive(value) -> bool:
@@ -17,7 +17,7 @@ def _positive(value) -> bool:
 
 
 @dataclass(frozen=True)
-class DeeDSRSettings(Settings):
+class DeeDSRSettings(TiledSettings):
     """DeeDSR's knobs: DDIM 50 steps with eta 1 from pure noise, noise guidance at the first step (the released
     test path), then the shared tiled VAE and latent aggregation. No prompt: the adapter's tokens are the context."""
 
@@ -44,17 +44,6 @@ class DeeDSRSettings(Settings):
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def check_together(self) -> None:
-        if self.tile_overlap >= self.tile_size:
-            self.fail("tile_overlap", f"must be < the tile size {self.tile_size} (--tile-size)")
+        super().check_together()
         if self.guided_steps > self.num_inference_steps:
             self.fail("guided_steps", f"must be <= the number of steps {self.num_inference_steps} (--steps)")
-
-    @property
-    def vae_encode_tiles(self) -> tuple[int, int]:
-        """(tile, overlap) in pixels for the tiled VAE encoder (as UpscaleSettings)."""
-        return self.vae_tile_size, self.vae_tile_size // 64 * 8
-
-    def vae_decode_tiles(self, vae_scale_factor: int) -> tuple[int, int]:
-        """(tile, overlap) in latent pixels for the tiled VAE decoder (as UpscaleSettings)."""
-        latent_tile = self.vae_tile_size // vae_scale_factor
-        return max(latent_tile, 8), max(latent_tile // 4, 2)
