@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-batch-size", type=int, default=4, help="latent tiles per UNet call (as the setting)")
     parser.add_argument("--whole-steps", action="store_true",
                         help="time whole aggregated steps over all tiles instead of summing tile batches")
+    parser.add_argument("--guidance", action="store_true",
+                        help="also time the one-tile step with classifier-free guidance (a batch of 2)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--seed", type=int, default=0)
 
@@ -139,6 +141,14 @@ class Phases:
             self.calls[name] = lambda: self.tile_fn(x_t, lr_latent, self.t)
         return name
 
+    def add_guided_step(self) -> None:
+        """The one-tile step with classifier-free guidance: uncond and cond passes in one batch of 2."""
+        from stablesr.pipelines.stablesr import make_guided_tile_fn
+
+        guided = make_guided_tile_fn(self.sft_unet, self.context, self._randn(*self.context.shape), 7.0)
+        x_t, lr_latent = self._randn(1, 4, TILE, TILE), self._randn(1, 4, TILE, TILE)
+        self.calls["step 512 (1 tile), guidance"] = lambda: guided(x_t, lr_latent, self.t)
+
     def add_baseline(self) -> None:
         import torch
 
@@ -211,6 +221,8 @@ def _run(args, unet, sr_module, vae, dtypes, device, image_sizes, decode_sizes, 
     for (name, dtype), models in zip(dtypes, copies):  # copies taken before any hook or cast
         phases[name] = Phases(*(m.to(dtype=dtype) for m in models), vae, dtype=dtype, device=device, seed=args.seed)
         phases[name].add_steps(image_sizes, args.tile_batch_size, args.whole_steps)
+        if args.guidance:
+            phases[name].add_guided_step()
     reference = dtypes[0][0]
     phases[reference].add_baseline()
     phases[reference].add_decodes(decode_sizes)
