@@ -4,12 +4,13 @@ from stablesr.cli.main import main
 
 
 def test_bench_models_tiny_prints_every_phase(capsys):
-    assert main(["bench", "models", "--size", "tiny", "--image-size", "64", "--steps", "1", "--dtypes", "fp32,bf16",
-                 "--device", "cpu"]) == 0
+    assert main(["bench", "models", "--size", "tiny", "--image-sizes", "512,1024", "--decode-sizes", "64",
+                 "--rounds", "1", "--dtypes", "fp32,bf16", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    for phase in ("unet ", "unet+sft+encoder", "vae encode", "vae decode"):
-        assert out.count(phase) == 2, phase
-    assert "vs bare UNet" in out and "MB" in out
+    assert out.count("diffusers UNet step") == 2  # the baseline line and its row
+    assert out.count("step 512 (1 tile)") == 2 and out.count("step 1024 (9 tiles) from batches") == 2  # per dtype
+    assert out.count("decode 64") == 1
+    assert "x baseline" in out and "bf16 step output vs fp32" in out and "peak MB" in out
 
 
 def test_bench_metrics_prints_each_metric_against_niqe(capsys):

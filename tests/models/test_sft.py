@@ -68,3 +68,12 @@ def test_parameter_count_follows_the_architecture():
     shared = 256 * 128 * 9 + 128
     gamma_beta = 2 * (128 * 320 * 9 + 320)
     assert sum(p.numel() for p in layer.parameters()) == 2 * 320 + shared + gamma_beta
+
+
+def test_a_condition_shared_by_groups_of_the_batch_is_broadcast():
+    layer = _seeded_layer()
+    h, cond = torch.randn(6, 32, 5, 7), torch.randn(2, 8, 5, 7)
+    with torch.no_grad():
+        shared = layer(h, cond)
+        repeated = layer(h, torch.cat([cond] * 3))  # sample i meets condition i mod 2
+    torch.testing.assert_close(shared, repeated, rtol=FLOAT32_REL, atol=FLOAT32_REL)

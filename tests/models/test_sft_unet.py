@@ -194,3 +194,24 @@ def test_two_wrappers_on_one_unet_each_modulate_only_inside_their_own_forward():
         first.remove_hooks()
         second.remove_hooks()
         assert torch.equal(unet(x, t, encoder_hidden_states=ctx).sample, bare)
+
+
+def test_a_shared_lr_latent_equals_the_repeated_one():
+    unet, sr_module = _tiny_models()
+    model = SFTUNet(unet, sr_module)
+    x_t, _, context, lr_latent = _inputs(batch=2)
+    x_t = torch.cat([x_t, x_t.flip(0)])  # the guidance batch: k = 2 groups of 2 samples
+    t = torch.tensor([999, 10, 999, 10])
+    context = torch.cat([context, context.flip(0)])
+    with torch.no_grad():
+        repeated = model(x_t, t, context, torch.cat([lr_latent, lr_latent]))
+        shared = model(x_t, t, context, lr_latent)
+    torch.testing.assert_close(shared, repeated, rtol=FLOAT32_REL, atol=FLOAT32_REL)
+
+
+def test_a_shared_lr_latent_needs_repeating_timesteps():
+    unet, sr_module = _tiny_models()
+    x_t, _, context, lr_latent = _inputs(batch=2)
+    with pytest.raises(ValueError, match="repeat"):
+        SFTUNet(unet, sr_module)(torch.cat([x_t, x_t]), torch.tensor([1, 2, 3, 4]), torch.cat([context, context]),
+                                 lr_latent)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 TARGETS = {
-    "models": ("stablesr.bench.models", "encoder+UNet+SFT per step and VAE encode/decode"),
+    "models": ("stablesr.bench.models", "step at 512/1024/4096, CFW decode, peak memory vs the bare UNet"),
     "degrade": ("stablesr.bench.degrade", "degraded LR/HR pairs per second"),
     "realesrgan": ("stablesr.bench.realesrgan", "the Real-ESRGAN x4plus baseline"),
     "train": ("stablesr.bench.train", "stage-1 training steps/s and peak memory"),

@@ -41,10 +41,18 @@ class SFTLayer(nn.Module):
         self.to_beta = nn.Conv2d(hidden_channels, channels, kernel_size=3, padding=1)
 
     def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """h (B, C, H, W), cond (B, cond_channels, H, W) -> modulated h (B, C, H, W)."""
+        """h (B, C, H, W), cond (B', cond_channels, H, W) -> modulated h (B, C, H, W).
+
+        B may be k * B' (the classifier-free-guidance batch): sample i of h is modulated by the
+        condition i mod B', so a condition shared by k groups of h is computed once.
+        """
         normed = self._group_norm_fp32(h)
         hidden = F.relu(self.cond_conv(cond))
-        return normed * (1 + self.to_gamma(hidden)) + self.to_beta(hidden)
+        gamma, beta = self.to_gamma(hidden), self.to_beta(hidden)
+        groups = h.shape[0] // cond.shape[0]
+        if groups > 1:  # (k * B', C, H, W) -> (k, B', C, H, W), broadcast against (B', C, H, W)
+            normed = normed.unflatten(0, (groups, cond.shape[0]))
+        return torch.addcmul(beta, normed, 1 + gamma).reshape(h.shape)  # beta + normed * (1 + gamma)
 
     def _group_norm_fp32(self, h: torch.Tensor) -> torch.Tensor:
         norm = self.norm

@@ -113,13 +113,20 @@ class SFTUNet(nn.Module):
         """Model output (eps or v, per the UNet's training) of the SFT-modulated UNet.
 
         x_t (B, 4, h, w) noisy latent; t (B,) int64 original timestep 0..999 (a scalar is broadcast);
-        encoder_hidden_states (B, 77, D) text context; lr_latent (B, 4, h, w) clean scaled LR latent.
-        Returns (B, 4, h, w).
+        encoder_hidden_states (B, 77, D) text context; lr_latent (B, 4, h, w) clean scaled LR latent,
+        or (B / k, 4, h, w) shared by the k groups of x_t (the classifier-free-guidance batch
+        [uncond, cond]): the encoder and the SFT conditions then run once, not k times, and t must
+        repeat with the same period. Returns (B, 4, h, w).
         """
-        if lr_latent.shape[0] != x_t.shape[0] or lr_latent.shape[-2:] != x_t.shape[-2:]:
-            raise ValueError(f"lr_latent {tuple(lr_latent.shape)} must match x_t {tuple(x_t.shape)} in batch and size")
-        t = t.reshape(-1).expand(x_t.shape[0])
-        self._cond_feats = self.sr_module.encoder(lr_latent.to(self.sr_module.dtype), t)
+        batch, lr_batch = x_t.shape[0], lr_latent.shape[0]
+        if batch % lr_batch != 0 or lr_latent.shape[-2:] != x_t.shape[-2:]:
+            raise ValueError(f"lr_latent {tuple(lr_latent.shape)} must match x_t {tuple(x_t.shape)} in size, "
+                             "with a batch that divides x_t's")
+        t = t.reshape(-1).expand(batch)
+        lr_t = t[:lr_batch]
+        if not torch.equal(t.view(-1, lr_batch), lr_t.expand(batch // lr_batch, -1)):
+            raise ValueError("a shared lr_latent needs timesteps that repeat with the lr_latent batch")
+        self._cond_feats = self.sr_module.encoder(lr_latent.to(self.sr_module.dtype), lr_t)
         try:
             return self.unet(x_t, t, encoder_hidden_states=encoder_hidden_states).sample
         finally:

@@ -79,7 +79,8 @@ def make_guided_tile_fn(sft_unet: SFTUNet, cond_embeds: torch.Tensor, uncond_emb
     """tile_fn(x_tiles, lr_tiles, t) -> model output, with classifier-free guidance when uncond_embeds is set.
 
     out = out_uncond + s * (out_cond - out_uncond); the CFG batch is [uncond, cond] (the official
-    order) and the LR tiles are repeated the same way, so every sample meets its own condition.
+    order) and both halves share the LR tiles, so the time-aware encoder and the SFT conditions run
+    once per tile (as if the tiles were repeated, which the official code does).
     """
 
     def tile_fn(x_tiles: torch.Tensor, lr_tiles: torch.Tensor, t: int) -> torch.Tensor:
@@ -89,7 +90,7 @@ def make_guided_tile_fn(sft_unet: SFTUNet, cond_embeds: torch.Tensor, uncond_emb
             return sft_unet(x_tiles, timesteps, cond_embeds.expand(n, -1, -1), lr_tiles)
         timesteps = torch.full((2 * n,), t, dtype=torch.long, device=x_tiles.device)
         context = torch.cat([uncond_embeds.expand(n, -1, -1), cond_embeds.expand(n, -1, -1)])
-        out = sft_unet(torch.cat([x_tiles, x_tiles]), timesteps, context, torch.cat([lr_tiles, lr_tiles]))
+        out = sft_unet(torch.cat([x_tiles, x_tiles]), timesteps, context, lr_tiles)
         out_uncond, out_cond = out.chunk(2)  # (2n, C, h, w) -> 2 x (n, C, h, w)
         return out_uncond + guidance_scale * (out_cond - out_uncond)
 
