@@ -9,6 +9,7 @@ hold `upscale_defaults.json` (a subset of the settings fields); `from_pretrained
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -51,6 +52,29 @@ class SRPipeline(DiffusionPipeline):
         elif options or preset is not None:
             raise StableSRError("pass either a settings object or keyword options (and preset), not both")
         return self.complete_settings(settings)
+
+    def begin_call(self, image, settings: Settings | None, *, preset: str | None, options: dict[str, Any],
+                   output_type: str | None, generator=None, noise_sampler=None):
+        """Step 1 of every method's `__call__`: (settings merged and checked once, the output kind, the input
+        as a list of (1, 3, H, W) tensors in [0, 1], the noise sampler that supplies every random draw)."""
+        from stablesr.image_processor import input_kind, preprocess_images
+        from stablesr.sampling.samplers import default_noise_sampler
+
+        settings = self.resolve_settings(settings, preset=preset, **options)
+        output_type = output_type or input_kind(image)
+        if output_type not in ("pil", "pt", "np"):
+            raise StableSRError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
+        return settings, output_type, preprocess_images(image), noise_sampler or default_noise_sampler(generator)
+
+    def upscale_each(self, lr_images: list, upscale_one: Callable, *, hooked=None) -> list:
+        """`upscale_one(lr)` for every image; then the hooks of `hooked` (a UNet wrapper) are removed, even on
+        an error, and diffusers' offload hooks are reset."""
+        try:
+            return [upscale_one(lr) for lr in lr_images]
+        finally:
+            if hooked is not None:
+                hooked.remove_hooks()
+            self.maybe_free_model_hooks()
 
     def complete_settings(self, settings: Settings) -> Settings:
         """Fill in and check the values that depend on this model (override in a method)."""

@@ -31,9 +31,7 @@ from stablesr.errors import StableSRError
 from stablesr.image_processor import (
     ImageInput,
     OutputType,
-    input_kind,
     postprocess_images,
-    preprocess_images,
     to_model_range,
     to_unit_range,
 )
@@ -43,7 +41,7 @@ from stablesr.models.text_encoder import PromptEmbeddings
 from stablesr.pipelines.base import SRPipeline
 from stablesr.pipelines.stablesr import NonFiniteOutputError
 from stablesr.sampling.denoisers import wrap_model
-from stablesr.sampling.samplers import default_noise_sampler, q_sample
+from stablesr.sampling.samplers import q_sample
 from stablesr.sampling.schedules import alphas_cumprod_from_betas, betas_scaled_linear
 from stablesr.sampling.truncated import TruncatedPlan, plan_ccsr_v1, plan_ccsr_v2, sample_truncated
 from stablesr.tiling.aggregation import TiledDenoiser
@@ -161,12 +159,9 @@ class CCSRPipeline(SRPipeline):
         re-noise, one per loop step but the last. callback(k, t, x_t, x0_pred) follows every evaluation.
         """
         # 1. Check inputs and settle the settings (once)
-        settings = self.resolve_settings(settings, preset=preset, **options)
-        output_type = output_type or input_kind(image)
-        if output_type not in ("pil", "pt", "np"):
-            raise StableSRError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
-        lr_images = preprocess_images(image)  # list of (1, 3, H, W) in [0, 1]
-        noise_sampler = noise_sampler or default_noise_sampler(generator)
+        settings, output_type, lr_images, noise_sampler = self.begin_call(
+            image, settings, preset=preset, options=options, output_type=output_type, generator=generator,
+            noise_sampler=noise_sampler)  # lr_images: list of (1, 3, H, W) in [0, 1]
 
         # 2. Prompt contexts (v1: ''; v2: the prompt, and the negative prompt with guidance) as tile functions
         controlled = ControlledUNet(self.unet, self.controlnet)
@@ -176,10 +171,8 @@ class CCSRPipeline(SRPipeline):
         first_tile_fn = tile_fn if uncond_embeds is None else make_control_tile_fn(controlled, uncond_embeds, None,
                                                                                     settings)
 
-        outputs = [self._upscale_one(lr, settings, tile_fn, first_tile_fn, noise_sampler=noise_sampler,
-                                     callback=callback)
-                   for lr in lr_images]
-        self.maybe_free_model_hooks()
+        outputs = self.upscale_each(lr_images, lambda lr: self._upscale_one(
+            lr, settings, tile_fn, first_tile_fn, noise_sampler=noise_sampler, callback=callback))
 
         # 7. Convert the output
         return CCSROutput(images=postprocess_images(outputs, output_type))

@@ -19,13 +19,10 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from stablesr.color_fix import apply_color_fix
-from stablesr.errors import StableSRError
 from stablesr.image_processor import (
     ImageInput,
     OutputType,
-    input_kind,
     postprocess_images,
-    preprocess_images,
     to_model_range,
     to_unit_range,
 )
@@ -37,7 +34,7 @@ from stablesr.pipelines.base import SRPipeline
 from stablesr.pipelines.stablesr import NonFiniteOutputError, StableSROutput
 from stablesr.sampling.denoisers import wrap_model
 from stablesr.sampling.noise_guidance import first_timesteps, noise_guided
-from stablesr.sampling.samplers import NoiseSampler, default_noise_sampler, sample_ddim
+from stablesr.sampling.samplers import NoiseSampler, sample_ddim
 from stablesr.sampling.schedules import alphas_cumprod_from_betas, betas_scaled_linear, ddim_schedule
 from stablesr.settings_deedsr import DeeDSRSettings
 from stablesr.tiling.aggregation import TiledDenoiser
@@ -100,21 +97,14 @@ class DeeDSRPipeline(SRPipeline):
         `DeeDSRSettings` field names. `noise_sampler` supplies every draw in order: the posterior sample, x_T,
         then one per step. `callback(i, t, x, x0_pred)` after every step."""
         # 1. Check inputs and settle the settings (once)
-        settings = self.resolve_settings(settings, preset=preset, **options)
-        output_type = output_type or input_kind(image)
-        if output_type not in ("pil", "pt", "np"):
-            raise StableSRError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
-        lr_images = preprocess_images(image)  # list of (1, 3, H, W) in [0, 1]
-        noise_sampler = noise_sampler or default_noise_sampler(generator)
+        settings, output_type, lr_images, noise_sampler = self.begin_call(
+            image, settings, preset=preset, options=options, output_type=output_type, generator=generator,
+            noise_sampler=noise_sampler)  # lr_images: list of (1, 3, H, W) in [0, 1]
 
         deedsr_unet = DeeDSRUNet(self.unet, self.adapter, self.degradation_learner)
-        try:
-            outputs = [self._upscale_one(lr, settings, deedsr_unet, noise_sampler=noise_sampler, progress=progress,
-                                         callback=callback)
-                       for lr in lr_images]
-        finally:
-            deedsr_unet.remove_hooks()
-        self.maybe_free_model_hooks()
+        outputs = self.upscale_each(lr_images, lambda lr: self._upscale_one(
+            lr, settings, deedsr_unet, noise_sampler=noise_sampler, progress=progress, callback=callback),
+            hooked=deedsr_unet)
 
         # 8. Convert the output
         return StableSROutput(images=postprocess_images(outputs, output_type))

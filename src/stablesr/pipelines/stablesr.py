@@ -28,9 +28,7 @@ from stablesr.errors import StableSRError
 from stablesr.image_processor import (
     ImageInput,
     OutputType,
-    input_kind,
     postprocess_images,
-    preprocess_images,
     to_model_range,
 )
 from stablesr.imaging import postprocess_sr, preprocess_lr
@@ -39,7 +37,6 @@ from stablesr.models.sft_unet import SFTUNet, StableSRModule
 from stablesr.models.text_encoder import OFFICIAL_NEGATIVE_PROMPT, PromptEmbeddings, known_prompt_tokens
 from stablesr.pipelines.base import SRPipeline
 from stablesr.sampling.chain import sample_chain
-from stablesr.sampling.samplers import default_noise_sampler
 from stablesr.sampling.schedules import betas_scaled_linear
 from stablesr.tiling.aggregation import TiledDenoiser
 from stablesr.tiling.budget import (
@@ -178,12 +175,9 @@ class StableSRPipeline(SRPipeline):
         order: the posterior sample, x_T, then one per step.
         """
         # 1. Check inputs and settle the settings (once)
-        settings = self.resolve_settings(settings, preset=preset, **options)
-        output_type = output_type or input_kind(image)
-        if output_type not in ("pil", "pt", "np"):
-            raise StableSRError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
-        lr_images = preprocess_images(image)  # list of (1, 3, H, W) in [0, 1]
-        noise_sampler = noise_sampler or default_noise_sampler(generator)
+        settings, output_type, lr_images, noise_sampler = self.begin_call(
+            image, settings, preset=preset, options=options, output_type=output_type, generator=generator,
+            noise_sampler=noise_sampler)  # lr_images: list of (1, 3, H, W) in [0, 1]
 
         # 2. Encode prompts (cond = prompt; uncond = negative prompt, only with guidance)
         cond_embeds = self.encode_prompt(settings.prompt).to(self.device, self.unet.dtype)
@@ -193,14 +187,9 @@ class StableSRPipeline(SRPipeline):
             uncond_embeds = self.encode_prompt(negative).to(self.device, self.unet.dtype)
 
         sft_unet = SFTUNet(self.unet, self.sr_module)
-        try:
-            tile_fn = make_guided_tile_fn(sft_unet, cond_embeds, uncond_embeds, settings.guidance_scale)
-            outputs = [self._upscale_one(lr, settings, tile_fn, noise_sampler=noise_sampler, progress=progress,
-                                         callback=callback)
-                       for lr in lr_images]
-        finally:
-            sft_unet.remove_hooks()
-        self.maybe_free_model_hooks()
+        tile_fn = make_guided_tile_fn(sft_unet, cond_embeds, uncond_embeds, settings.guidance_scale)
+        outputs = self.upscale_each(lr_images, lambda lr: self._upscale_one(
+            lr, settings, tile_fn, noise_sampler=noise_sampler, progress=progress, callback=callback), hooked=sft_unet)
 
         # 7. Convert the output
         return StableSROutput(images=postprocess_images(outputs, output_type))
