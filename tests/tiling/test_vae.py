@@ -186,3 +186,26 @@ def test_a_streamed_uint8_decode_equals_quantising_the_float_decode(vae, z, cond
     expected = np.asarray(tensor_to_pil(to_unit_range(whole)))
     difference = np.abs(picture.astype(int) - expected)
     assert difference.max() <= 1 and (difference == 0).mean() > 0.999  # the same float ops: equal in practice
+
+
+@torch.no_grad()
+def test_fast_statistics_share_one_estimate_in_two_passes(vae, z, untiled):
+    """statistics="fast": one collecting pass (each window normalised with its own statistics), then the decode.
+    Less exact than the exact shared statistics, but one estimate for all windows, so no seam; "auto" is exact
+    up to EXACT_STATISTICS_MAX_WINDOWS windows."""
+    fast = decode_tiled(vae, z, tile_size=TILE, tile_overlap=OVERLAP, statistics="fast")
+    exact = decode_tiled(vae, z, tile_size=TILE, tile_overlap=OVERLAP, statistics="exact")
+    error, exact_error = (fast - untiled).abs(), (exact - untiled).abs()
+    assert not torch.equal(fast, exact)
+    assert torch.equal(decode_tiled(vae, z, tile_size=TILE, tile_overlap=OVERLAP), exact)  # 6 windows: exact
+    # measured on this random VAE: mean 0.203, max 3.78 (exact 0.097; independent tiles 0.176 with a seam);
+    # on the nano VAE with a photo (25 windows): 40.8 dB against the untiled decode (exact: 63.3 dB)
+    assert exact_error.mean() < error.mean() < 0.25 and error.max() < 4.5
+    # measured 1.01: no seam (independent tiles: 3.11)
+    assert border_gradient_ratio(fast, untiled) < 1.2 < border_gradient_ratio(independent_tiles(vae, z), untiled)
+    runs = []
+    decode_tiled(vae, z, tile_size=TILE, tile_overlap=OVERLAP, statistics="fast",
+                 sink=lambda row, band: runs.append(band.shape))
+    assert runs  # the fast path streams like the exact one
+    with pytest.raises(ValueError, match="statistics"):
+        decode_tiled(vae, z, tile_size=TILE, tile_overlap=OVERLAP, statistics="approximate")
