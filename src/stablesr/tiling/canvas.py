@@ -103,3 +103,17 @@ def quantized_sink(target, *, levels: int = 255, model_range: bool = False) -> R
         target[y0 : y0 + rows.shape[-2]] = values.cpu().numpy().astype(target.dtype)
 
     return write
+
+
+def cropped_sink(sink: RowSink, *, rows: tuple[int, int], cols: tuple[int, int]) -> RowSink:
+    """A sink that passes on only rows top .. top + height and columns left .. left + width of what it
+    receives, renumbered from 0 (e.g. the valid region of a padded image). rows/cols: (start, length)."""
+    top, height = rows
+    left, width = cols
+
+    def write(y0: int, band: Tensor) -> None:
+        start, stop = max(y0, top), min(y0 + band.shape[-2], top + height)
+        if start < stop:
+            sink(start - top, band[..., start - y0 : stop - y0, left : left + width])
+
+    return write

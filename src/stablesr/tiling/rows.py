@@ -4,14 +4,69 @@ An operator whose output row y depends only on input rows y - margin .. y + marg
 small convolutions, such as the wavelet colour fix) gives the same rows when it runs on a band
 extended by `margin` rows of real context, as long as its own border handling (replicate padding)
 falls on the image border: each band is cut with the context, and only its centre is kept.
+
+`RowBandStream` does this on rows as they arrive (a `RowSink`, e.g. fed by a tiled decode), so the
+operator's input never exists whole; `map_row_bands` is the same on a whole tensor.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from stablesr.tiling.canvas import RowSink, tensor_sink
+
+
+class RowBandStream:
+    """A RowSink that applies fn band by band to rows arriving top to bottom and passes the results on.
+
+    fn(rows, *context_rows) -> (B, C', n, W): `rows` are the streamed input's rows top .. bottom and
+    `context_rows` the same rows of each whole tensor in `context` (e.g. the image a colour fix
+    matches). Bands start at multiples of `band_rows` and run with `margin` rows of context above and
+    below (clipped at the image border), like `map_row_bands`, so the rows are the same. Held: one band
+    plus 2 x margin rows of input. Call `finish()` after the last rows.
+    """
+
+    def __init__(self, fn: Callable[..., Tensor], height: int, *, margin: int, band_rows: int, sink: RowSink,
+                 context: tuple[Tensor, ...] = ()) -> None:
+        if band_rows < 1 or margin < 0:
+            raise ValueError(f"need band_rows >= 1 and margin >= 0, got {band_rows}, {margin}")
+        self.fn, self.height, self.margin, self.band_rows = fn, height, margin, band_rows
+        self.sink, self.context = sink, context
+        self.held: Tensor | None = None  # input rows held_top .. received
+        self.held_top = self.received = self.next_band = 0
+
+    def __call__(self, y0: int, rows: Tensor) -> None:
+        if y0 != self.received:
+            raise ValueError(f"rows must arrive in order: got row {y0}, expected {self.received}")
+        self.held = rows if self.held is None else torch.cat([self.held, rows], dim=-2)
+        self.received += rows.shape[-2]
+        while self.next_band < self.height and self.received >= min(
+                self.next_band + self.band_rows + self.margin, self.height):
+            self._emit()
+
+    def finish(self) -> None:
+        if self.received != self.height:
+            raise ValueError(f"the stream ended after {self.received} of {self.height} rows")
+        while self.next_band < self.height:
+            self._emit()
+
+    def _emit(self) -> None:
+        y0 = self.next_band
+        y1 = min(y0 + self.band_rows, self.height)
+        top, bottom = max(y0 - self.margin, 0), min(y1 + self.margin, self.height)
+        band_in = self.held[..., top - self.held_top : bottom - self.held_top, :]
+        band_out = self.fn(band_in, *(image[..., top:bottom, :] for image in self.context))  # (B, C', bottom - top, W)
+        self.sink(y0, band_out[..., y0 - top : y1 - top, :])
+        self.next_band = y1
+        keep_from = max(y1 - self.margin, 0)  # the next band's context above starts here
+        if keep_from > self.held_top:
+            self.held = self.held[..., keep_from - self.held_top :, :]
+            self.held_top = keep_from
 
 
 def map_row_bands(fn: Callable[..., Tensor], *images: Tensor, margin: int, band_rows: int) -> Tensor:
@@ -21,14 +76,77 @@ def map_row_bands(fn: Callable[..., Tensor], *images: Tensor, margin: int, band_
     Equal to the whole-image call up to float rounding when fn's reach is at most `margin` rows
     and fn is column-wise whole (bands span the full width). Temporaries: one band plus context.
     """
-    height = images[0].shape[-2]
-    output = None
-    for y0 in range(0, height, band_rows):
-        y1 = min(y0 + band_rows, height)
-        top, bottom = max(y0 - margin, 0), min(y1 + margin, height)
-        band_out = fn(*(image[..., top:bottom, :] for image in images))  # (B, C, bottom - top, W)
-        if output is None:
-            output = torch.empty((*band_out.shape[:-2], height, band_out.shape[-1]), dtype=band_out.dtype,
-                                 device=band_out.device)
-        output[..., y0:y1, :] = band_out[..., y0 - top : y1 - top, :]
-    return output
+    first, *context = images
+    output: list[Tensor] = []  # the output tensor, made from the first band's shape
+
+    def write(y0: int, rows: Tensor) -> None:
+        if not output:
+            output.append(torch.empty((*rows.shape[:-2], first.shape[-2], rows.shape[-1]), dtype=rows.dtype,
+                                      device=rows.device))
+        tensor_sink(output[0])(y0, rows)
+
+    stream = RowBandStream(fn, first.shape[-2], margin=margin, band_rows=band_rows, sink=write, context=tuple(context))
+    stream(0, first)
+    stream.finish()
+    return output[0]
+
+
+class ResizedRows:
+    """A RowSink that resizes the image streamed into it, (B, C, in_h, in_w) -> (out_h, out_w), with
+    `F.interpolate(..., mode="bicubic", antialias=True)` and passes the resized rows on, top to bottom.
+
+    Columns are resized band by band (rows are independent of each other there). Rows are resized by
+    `band_rows` output rows at a time from the input rows under their filter, with the weights torch
+    itself uses (read off by resizing one-hot columns), so the result equals the whole-image call up
+    to float rounding (the sums run in another order). Held: the input rows of one output band.
+    """
+
+    def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int], *, sink: RowSink,
+                 band_rows: int = 64) -> None:
+        (self.in_h, self.in_w), (self.out_h, self.out_w) = in_size, out_size
+        if min(*in_size, *out_size, band_rows) < 1:
+            raise ValueError(f"sizes and band_rows must be positive, got {in_size}, {out_size}, {band_rows}")
+        self.sink, self.band_rows = sink, band_rows
+        ratio = self.in_h / self.out_h
+        self._centre, self._reach = ratio, 2 * max(ratio, 1.0) + 2  # filter support plus a row of safety
+        self.held: Tensor | None = None  # column-resized input rows held_top .. received
+        self.held_top = self.received = self.next_row = 0
+
+    def __call__(self, y0: int, rows: Tensor) -> None:
+        if y0 != self.received:
+            raise ValueError(f"rows must arrive in order: got row {y0}, expected {self.received}")
+        rows = F.interpolate(rows.float(), size=(rows.shape[-2], self.out_w), mode="bicubic", antialias=True)
+        self.held = rows if self.held is None else torch.cat([self.held, rows], dim=-2)
+        self.received += rows.shape[-2]
+        while self.next_row < self.out_h and self.received >= self._inputs(self.next_row, self._band_end())[1]:
+            self._emit()
+
+    def finish(self) -> None:
+        if self.received != self.in_h:
+            raise ValueError(f"the stream ended after {self.received} of {self.in_h} rows")
+        while self.next_row < self.out_h:
+            self._emit()
+
+    def _band_end(self) -> int:
+        return min(self.next_row + self.band_rows, self.out_h)
+
+    def _inputs(self, start: int, stop: int) -> tuple[int, int]:
+        """Input rows that output rows start .. stop may read (a superset of the filter's support)."""
+        first = int(math.floor((start + 0.5) * self._centre - self._reach))
+        last = int(math.ceil((stop - 0.5) * self._centre + self._reach)) + 1
+        return max(first, 0), min(last, self.in_h)
+
+    def _emit(self) -> None:
+        start, stop = self.next_row, self._band_end()
+        first, last = self._inputs(start, stop)
+        one_hot = torch.zeros((1, 1, self.in_h, last - first), dtype=torch.float32, device=self.held.device)
+        one_hot[0, 0, first:last].fill_diagonal_(1)  # column k: input row first + k
+        weights = F.interpolate(one_hot, size=(self.out_h, last - first), mode="bicubic", antialias=True)
+        weights = weights[0, 0, start:stop]  # (out rows, input rows first .. last)
+        band = self.held[..., first - self.held_top : last - self.held_top, :]
+        self.sink(start, torch.einsum("ok,bckw->bcow", weights, band))
+        self.next_row = stop
+        keep_from = self._inputs(stop, min(stop + 1, self.out_h))[0] if stop < self.out_h else self.received
+        if keep_from > self.held_top:
+            self.held = self.held[..., keep_from - self.held_top :, :]
+            self.held_top = keep_from
