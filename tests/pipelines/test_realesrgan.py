@@ -132,10 +132,15 @@ def test_streamed_pictures_equal_the_float_path_and_tiles_follow_the_budget(caps
     image_u8 = (random_image(37, 45, seed=4) * 255).round().to(torch.uint8)
     unit = image_u8.float() / 255
     upscaler = RealESRGANUpscaler(tiny_model(), tile_size=16, tile_pad=4)
-    for outscale, bit_depth in ((4.0, 8), (4.0, 16), (2.0, 8)):
+    for outscale, bit_depth in ((4.0, 8), (4.0, 16), (2.0, 8), (3.3, 16), (1.0, 8), (5.0, 8)):
         expected = np.asarray(tensor_to_pil(upscaler.upscale(unit, outscale=outscale), bit_depth=bit_depth))
         picture = upscaler.upscale_to_array(image_u8, outscale=outscale, bit_depth=bit_depth, progress=True)
-        assert picture.dtype == expected.dtype and np.array_equal(picture, expected), (outscale, bit_depth)
+        assert picture.dtype == expected.dtype and picture.shape == expected.shape, (outscale, bit_depth)
+        difference = np.abs(picture.astype(np.int64) - expected)
+        if outscale == 4.0:  # the network's own scale: bitwise
+            assert difference.max() == 0, bit_depth
+        else:  # streamed resize: the same weights, summed in another order
+            assert difference.max() <= 1 and (difference == 0).mean() > 0.99, (outscale, bit_depth)
     assert "Real-ESRGAN tiles" in capsys.readouterr().err  # tile progress
     assert np.array_equal(upscaler.upscale_to_array(unit), upscaler.upscale_to_array(image_u8))  # float input too
 

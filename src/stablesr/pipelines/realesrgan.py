@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from stablesr.image_processor import tensor_to_pil
 from stablesr.imaging import check_output_size
 from stablesr.models.rrdbnet import RRDBNet
 from stablesr.tiling.budget import Budget, band_bytes, choose_tile, rrdb_bytes_per_pixel, tile_candidates
 from stablesr.tiling.canvas import RowSink, StreamingCanvas, quantized_sink, tensor_sink
 from stablesr.tiling.grid import padded_windows
+from stablesr.tiling.rows import ResizedRows
 from stablesr.tiling.weights import linear_fade, separable
 from stablesr.weights.realesrgan import load_realesrgan
 
@@ -130,9 +130,10 @@ class RealESRGANUpscaler:
         """(1, 3, H, W) uint8 or float in [0, 1] -> (H', W', 3) uint8 (bit_depth 8) or uint16 (16), the
         integers `tensor_to_pil(upscale(image / 255))` gives, with H' = round(H * outscale).
 
-        At outscale 4 (the network's) the output rows are quantised as the tiles finish, so nothing
-        image-sized is held in float: memory is the input, this array, and one band of tiles. Other
-        scales assemble the x4 output in float32 first, then resize.
+        The output rows are quantised as the tiles finish, so nothing image-sized is held in float: memory
+        is the input, this array, and one band of tiles. Other scales than the network's resize the rows
+        on the way (`ResizedRows`: antialiased bicubic, equal to resizing the whole x4 output up to float
+        rounding, so an integer may differ by one where a value lies on a rounding boundary).
         """
         if image.ndim != 4 or image.shape[:2] != (1, 3):
             raise ValueError(f"expected a (1, 3, H, W) image tensor, got {tuple(image.shape)}")
@@ -141,13 +142,16 @@ class RealESRGANUpscaler:
         height, width = image.shape[-2:]
         check_output_size(height, width, max(outscale, 4.0))
         levels = 255 if bit_depth == 8 else 65535
-        if round(height * outscale) != height * self.model.scale or round(width * outscale) != width * self.model.scale:
-            unit = image.float() / 255 if image.dtype == torch.uint8 else image
-            sr_image = self.upscale(unit, outscale=outscale, progress=progress)
-            return np.asarray(tensor_to_pil(sr_image.cpu(), bit_depth=bit_depth))  # PIL (8) or uint16 array (16)
         scale = self.model.scale
-        output = np.empty((height * scale, width * scale, 3), dtype=np.uint8 if bit_depth == 8 else np.uint16)
-        self.stream_tiles(image, quantized_sink(output, levels=levels), progress=progress, tile_size=tile_size)
+        out_size = (round(height * outscale), round(width * outscale))
+        output = np.empty((*out_size, 3), dtype=np.uint8 if bit_depth == 8 else np.uint16)
+        sink = quantized_sink(output, levels=levels)
+        resize = None
+        if out_size != (height * scale, width * scale):
+            sink = resize = ResizedRows((height * scale, width * scale), out_size, sink=sink)
+        self.stream_tiles(image, sink, progress=progress, tile_size=tile_size)
+        if resize is not None:
+            resize.finish()
         return output
 
     def tile_cost(self, tile_size: int, height: int, width: int, *, fixed_bytes: float = 0) -> float:
