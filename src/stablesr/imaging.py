@@ -389,7 +389,7 @@ def preprocess_lr(lr: Tensor, *, upscale: float, min_size: int = 512, multiple: 
     check_output_size(height, width, upscale)
     scale = max(min_size / min(height, width), upscale)
     resized_size = (int(height * scale), int(width * scale))
-    resized = F.interpolate(lr, size=resized_size, mode="bicubic", align_corners=False).clamp(-1, 1)
+    resized = F.interpolate(lr, size=resized_size, mode="bicubic", align_corners=False).clamp_(-1, 1)
     pad_bottom, pad_right = (-resized_size[0]) % multiple, (-resized_size[1]) % multiple
     reflect_ok = pad_bottom < resized_size[0] and pad_right < resized_size[1]
     padded = F.pad(resized, (0, pad_right, 0, pad_bottom), mode="reflect" if reflect_ok else "replicate")

@@ -38,7 +38,7 @@ NO_MODEL_MESSAGE = (
 
 # Bytes per pixel of what a file costs outside the networks, for the memory check from its header:
 # the decoded input (Pillow's 4 B RGB, a uint8 copy, the float32 tensor, 12 B) and, for Real-ESRGAN,
-# the output (the uint8 picture, Pillow's 4 B copy for saving, an alpha channel).
+# the output (the uint8 picture, Pillow's 4 B copy for saving, an alpha channel), for every method.
 INPUT_BYTES_PER_PIXEL = 20
 OUTPUT_BYTES_PER_PIXEL = 12
 
@@ -117,12 +117,22 @@ class Upscaler:
         check_output_size(height, width, self.settings.upscale)
         if self.pipe is None:
             return self._realesrgan_file(src, dst, (height, width), overwrite=overwrite)
+        streams = hasattr(self.pipe, "upscale_to_array")  # the output streams into an integer array
         if hasattr(self.pipe, "plan_memory") and hasattr(self.settings, "max_memory"):  # refuse before decoding
-            self.pipe.plan_memory(height, width, self.settings, input_bytes=INPUT_BYTES_PER_PIXEL * height * width)
+            out_h, out_w = check_output_size(height, width, self.settings.upscale)
+            self.pipe.plan_memory(height, width, self.settings, streaming=streams,
+                                  input_bytes=INPUT_BYTES_PER_PIXEL * height * width
+                                  + OUTPUT_BYTES_PER_PIXEL * out_h * out_w)
         loaded = load_image(src)
-        sr = self.upscale_tensor(loaded.to_unit_tensor(), seed=seed)  # full (16-bit) precision kept
-        alpha = resize_alpha(loaded.alpha, (sr.shape[-1], sr.shape[-2])) if loaded.alpha is not None else None
-        image = tensor_to_pil(sr, bit_depth=loaded.bit_depth)
+        lr = loaded.to_unit_tensor()  # full (16-bit) precision kept
+        if streams:
+            array = self.upscale_tensor(lr, seed=seed, bit_depth=loaded.bit_depth)
+            image = array if loaded.bit_depth == 16 else PIL.Image.fromarray(array, mode="RGB")
+        else:
+            image = tensor_to_pil(self.upscale_tensor(lr, seed=seed), bit_depth=loaded.bit_depth)
+        del lr
+        out_size = image.size if isinstance(image, PIL.Image.Image) else (image.shape[1], image.shape[0])
+        alpha = resize_alpha(loaded.alpha, out_size) if loaded.alpha is not None else None
         return save_image_atomic(image, dst, overwrite=overwrite, alpha=alpha, icc_profile=loaded.icc_profile,
                                  bit_depth=loaded.bit_depth)
 
@@ -134,7 +144,7 @@ class Upscaler:
         height, width = size
         check_output_size(height, width, max(self.settings.upscale, 4.0))  # the x4 network output is made first
         out_pixels = round(height * self.settings.upscale) * round(width * self.settings.upscale)
-        fixed = INPUT_BYTES_PER_PIXEL * height * width + OUTPUT_BYTES_PER_PIXEL * max(out_pixels, 16 * height * width)
+        fixed = INPUT_BYTES_PER_PIXEL * height * width + OUTPUT_BYTES_PER_PIXEL * out_pixels  # no float x4 image
         budget = Budget.resolve(self.settings.max_memory, self.realesrgan.device)
         tile_size = self.realesrgan.choose_tile_size(height, width, budget, fixed_bytes=fixed)
         loaded = load_image(src)
@@ -160,8 +170,11 @@ class Upscaler:
             out.putalpha(resize_alpha(rgba.getchannel("A"), out.size))
         return out
 
-    def upscale_tensor(self, lr: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
-        """(1, 3, H, W) in [0, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU: pre-clean, then the method."""
+    def upscale_tensor(self, lr: torch.Tensor, *, seed: int = 0, bit_depth: int | None = None
+                       ) -> torch.Tensor | np.ndarray:
+        """(1, 3, H, W) in [0, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU: pre-clean, then the method. With a
+        `bit_depth` (8 or 16, StableSR), the (H*s, W*s, 3) integer array instead, streamed by the pipeline's
+        `upscale_to_array` so that no output-sized float image is held."""
         if self.preclean:
             lr = self.realesrgan.preclean(lr.to(self.realesrgan.device)).cpu()
         if self.pipe is None:
@@ -170,16 +183,19 @@ class Upscaler:
         from stablesr.pipelines.stablesr import NonFiniteOutputError
 
         try:
-            return self._sample(lr, seed)
+            return self._sample(lr, seed, bit_depth)
         except NonFiniteOutputError as error:
             if self.pipe.unet.dtype == torch.float32:
                 raise
             print(f"warning: {error}; switching to float32 for the rest of this run", file=sys.stderr)
             self.pipe.to(dtype=torch.float32)
-            return self._sample(lr, seed)
+            return self._sample(lr, seed, bit_depth)
 
-    def _sample(self, lr: torch.Tensor, seed: int) -> torch.Tensor:
+    def _sample(self, lr: torch.Tensor, seed: int, bit_depth: int | None = None) -> torch.Tensor | np.ndarray:
         generator = torch.Generator(device="cpu").manual_seed(seed)
+        if bit_depth is not None:
+            return self.pipe.upscale_to_array(lr, self.settings, generator=generator, bit_depth=bit_depth,
+                                              progress=self.progress)
         return self.pipe(lr, self.settings, generator=generator, output_type="pt", progress=self.progress).images
 
 

@@ -138,3 +138,19 @@ def test_v2_save_load_round_trip_without_condition_encoder(pipe_v2, tmp_path):
     assert loaded.version == "v2" and loaded.cond_encoder is None
     a, b = pipe_v2.controlnet.state_dict(), loaded.controlnet.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@torch.no_grad()
+def test_upscale_to_array_streams_the_same_integers(pipe):
+    """The shared last step (SRPipeline.finish_image): CCSR's decode streams into an integer array too."""
+    import numpy as np
+
+    from stablesr.image_processor import tensor_to_pil
+
+    lr = lr_image((21, 29), seed=4)  # 84x116, padded to 88x120 (the crop matters), VAE windows of 64 px
+    options = dict(num_inference_steps=15, min_size=32, color_fix="wavelet", vae_tile_size=64, progress=False)
+    floats = pipe(lr, generator=torch.Generator().manual_seed(2), output_type="pt", **options).images
+    for bit_depth in (8, 16):
+        array = pipe.upscale_to_array(lr, bit_depth=bit_depth, generator=torch.Generator().manual_seed(2), **options)
+        assert array.shape == (84, 116, 3)
+        assert np.array_equal(array, np.asarray(tensor_to_pil(floats, bit_depth=bit_depth)))

@@ -63,3 +63,15 @@ def test_noise_guidance_makes_the_first_x0_estimate_the_lr_latent(pipe):
     assert [t for t, _ in seen] == [999, 666, 333, 0]
     assert torch.equal(seen[0][1], lr_latent)  # eq. 11: x0_hat = z_lr at the guided step
     assert not torch.allclose(seen[1][1], lr_latent)  # later steps: the network's estimate
+
+
+def test_upscale_to_array_streams_the_same_integers(pipe):
+    import numpy as np
+
+    from stablesr.image_processor import tensor_to_pil
+
+    lr = torch.rand(1, 3, 11, 13, generator=torch.Generator().manual_seed(6))  # 44x52, padded to 48x56
+    options = dict(num_inference_steps=2, tile_size=8, tile_overlap=4, color_fix="wavelet", min_size=32)
+    floats = pipe(lr, generator=torch.Generator().manual_seed(0), output_type="pt", **options).images
+    array = pipe.upscale_to_array(lr, generator=torch.Generator().manual_seed(0), progress=False, **options)
+    assert array.shape == (44, 52, 3) and np.array_equal(array, np.asarray(tensor_to_pil(floats)))

@@ -7,6 +7,7 @@ from PIL import Image
 
 from conftest import make_tiny_pipeline
 from stablesr.errors import StableSRError
+from stablesr.tiling.vae import decode_tiled
 
 FAST = dict(num_inference_steps=3, tile_size=16, tile_overlap=8, output_type="pt", progress=False)
 
@@ -196,3 +197,61 @@ def test_the_vae_tile_comes_from_the_budget_unless_given(tiny_pipeline):
     with pytest.raises(MemoryBudgetError, match=r"StableSR on 200x300 \(upsampled to 800x1200\) needs .* over the "
                                                 r"budget of 1 MB \(--max-memory"):
         tiny_pipeline.plan_memory(300, 200, tiny_pipeline.resolve_settings(max_memory="1MB"))
+
+
+@pytest.mark.parametrize("color_fix", ["wavelet", "none", "adain"])
+def test_upscale_to_array_gives_the_integers_of_the_float_path(tiny_pipeline, color_fix, monkeypatch):
+    """The streamed decode (tiles -> colour fix by bands -> crop -> integers) holds no output-sized float
+    image and gives exactly what quantising the whole-image output gives, for 8 and 16 bits."""
+    import stablesr.pipelines.stablesr as module
+    from stablesr.image_processor import tensor_to_pil
+
+    monkeypatch.setattr("stablesr.pipelines.base.COLOR_FIX_BAND_PIXELS", 152 * 32)  # colour-fix bands of 32 rows
+    monkeypatch.setattr("stablesr.tiling.vae.EXACT_STATISTICS_MAX_WINDOWS", 0)  # one-pass statistics: quicker
+    image = torch.rand(1, 3, 25, 37, generator=torch.Generator().manual_seed(3))  # 100x148, padded to 104x152
+    options = dict(num_inference_steps=1, tile_size=8, tile_overlap=4, vae_tile_size=72, min_size=64,
+                   color_fix=color_fix)  # VAE windows of 9 latent px: 2 x 3
+    floats = run(tiny_pipeline, image, **options)
+    seen = []
+    monkeypatch.setattr(module, "decode_tiled", lambda *a, **k: seen.append(k.get("sink")) or decode_tiled(*a, **k))
+    for bit_depth in (8, 16):
+        array = tiny_pipeline.upscale_to_array(image, bit_depth=bit_depth, generator=torch.Generator().manual_seed(0),
+                                               progress=False, **options)
+        assert array.dtype == (np.uint8 if bit_depth == 8 else np.uint16) and array.shape == (100, 148, 3)
+        assert np.array_equal(array, np.asarray(tensor_to_pil(floats, bit_depth=bit_depth)))
+    assert [sink is not None for sink in seen] == [color_fix != "adain"] * 2  # AdaIN needs the whole image
+
+
+def test_upscale_to_array_refuses_a_batch_and_odd_bit_depths(tiny_pipeline, lr_image):
+    with pytest.raises(StableSRError, match="one image, got 2"):
+        tiny_pipeline.upscale_to_array(torch.cat([lr_image, lr_image]), num_inference_steps=1, progress=False)
+    with pytest.raises(StableSRError, match="bit_depth must be 8 or 16"):
+        tiny_pipeline.upscale_to_array(lr_image, bit_depth=12)
+
+
+def test_streaming_plans_for_fewer_image_sized_buffers(tiny_pipeline, monkeypatch):
+    import stablesr.pipelines.stablesr as module
+    from stablesr.tiling.budget import Budget, MemoryBudgetError
+
+    # 1200x1600 upsampled, colour fix "none": 24 B/px streamed (~46 MB), 48 B/px whole (~92 MB)
+    monkeypatch.setattr(module.Budget, "resolve", lambda *_: Budget(working=80 * 10**6, total=None, in_use=0))
+    settings = tiny_pipeline.resolve_settings(color_fix="none")
+    assert tiny_pipeline.plan_memory(300, 400, settings, streaming=True) >= 64
+    with pytest.raises(MemoryBudgetError):
+        tiny_pipeline.plan_memory(300, 400, settings)
+    adain = tiny_pipeline.resolve_settings(color_fix="adain")  # no streaming with AdaIN
+    with pytest.raises(MemoryBudgetError):
+        tiny_pipeline.plan_memory(300, 400, adain, streaming=True)
+
+
+def test_one_window_reuses_the_encoder_features_bit_identically(tiny_pipeline, lr_image, monkeypatch):
+    """Untiled, the CFW features come from the encode pass (as in the official code), not a second encoder run."""
+    vae = tiny_pipeline.vae
+    calls = []
+    original = type(vae).extract_enc_feats
+    monkeypatch.setattr(vae, "extract_enc_feats", lambda image: calls.append(1) or original(vae, image))
+    reused = run(tiny_pipeline, lr_image, fidelity=0.5)
+    assert calls == []
+    monkeypatch.setattr(vae, "encode_with_features", lambda image: (vae.encode(image).latent_dist, None))
+    recomputed = run(tiny_pipeline, lr_image, fidelity=0.5)
+    assert calls == [1] and torch.equal(reused, recomputed)

@@ -63,8 +63,8 @@ def test_an_output_that_appears_during_the_run_is_kept(cli, tmp_path, tiny_model
     target = tmp_path / "out" / "photo.png"
     real_tensor = Upscaler.upscale_tensor
 
-    def rival_writes_first(self, lr, *, seed=0):
-        result = real_tensor(self, lr, seed=seed)
+    def rival_writes_first(self, lr, *, seed=0, **kwargs):
+        result = real_tensor(self, lr, seed=seed, **kwargs)
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (4, 4), (9, 9, 9)).save(target)
         return result
@@ -85,12 +85,12 @@ def test_a_runtime_error_fails_one_file_and_the_batch_goes_on(cli, tmp_path, tin
     real_tensor = Upscaler.upscale_tensor
     calls = []
 
-    def out_of_memory_once(self, lr, *, seed=0):
+    def out_of_memory_once(self, lr, *, seed=0, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory:\n"
                                "you tried to allocate 9000000000 bytes.")
-        return real_tensor(self, lr, seed=seed)
+        return real_tensor(self, lr, seed=seed, **kwargs)
 
     monkeypatch.setattr(Upscaler, "upscale_tensor", out_of_memory_once)
     code, out, err = cli("upscale", photo.parent, "-o", tmp_path / "out", "--model", tiny_model_dir, "--steps", "1",

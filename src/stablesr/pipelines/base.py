@@ -13,10 +13,51 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+import torch
 from diffusers import DiffusionPipeline
 
+from stablesr.color_fix import WAVELET_LEVELS, apply_color_fix
 from stablesr.configs import UPSCALE_DEFAULTS_FILE, Settings, read_upscale_defaults, resolve_settings
 from stablesr.errors import StableSRError
+from stablesr.image_processor import tensor_to_pil
+from stablesr.imaging import Preprocessed, postprocess_sr
+from stablesr.tiling.canvas import cropped_sink, quantized_sink
+from stablesr.tiling.rows import RowBandStream, map_row_bands
+
+WAVELET_REACH = 2**WAVELET_LEVELS  # rows of context the wavelet colour fix needs (its blurs reach 1 + 2 + ... + 16)
+# Rows per band of the wavelet colour fix: about COLOR_FIX_BAND_PIXELS per band, 32 to 256 rows.
+COLOR_FIX_BAND_PIXELS = 2**19
+COLOR_FIX_LIVE_COPIES = 10  # band-sized float32 temporaries of the wavelet fix (two decompositions)
+
+
+class NonFiniteOutputError(StableSRError):
+    """NaN/Inf appeared (typically fp16 overflow); half precision falls back to float32."""
+
+
+def color_fix_band_rows(width: int) -> int:
+    """Rows per band of the wavelet colour fix for an image `width` px wide (band memory ~ constant)."""
+    return max(32, min(256, COLOR_FIX_BAND_PIXELS // max(width, 1)))
+
+
+def check_finite(image: torch.Tensor, what: str, dtype: torch.dtype) -> None:
+    """NonFiniteOutputError naming `what` (e.g. 'the decoded image') when image holds NaN/Inf."""
+    if not torch.isfinite(image).all():
+        hint = "" if dtype == torch.float32 else "; retry in float32"
+        raise NonFiniteOutputError(f"{what} has NaN/Inf values in {dtype}{hint}")
+
+
+def _wavelet_fix_float(decoded: torch.Tensor, lr_up: torch.Tensor) -> torch.Tensor:
+    return apply_color_fix(decoded.float(), lr_up.float(), method="wavelet")
+
+
+def color_fix_banded(decoded: torch.Tensor, lr_up: torch.Tensor, method) -> torch.Tensor:
+    """apply_color_fix; the wavelet fix (a local operator) runs in bands of rows, so its temporaries are
+    band-sized (equal to the whole-image call up to float rounding)."""
+    if method != "wavelet":
+        return apply_color_fix(decoded, lr_up, method=method)
+    return map_row_bands(_wavelet_fix_float, decoded, lr_up, margin=WAVELET_REACH,
+                         band_rows=color_fix_band_rows(decoded.shape[-1]))
 
 
 class SRPipeline(DiffusionPipeline):
@@ -79,3 +120,79 @@ class SRPipeline(DiffusionPipeline):
     def complete_settings(self, settings: Settings) -> Settings:
         """Fill in and check the values that depend on this model (override in a method)."""
         return settings
+
+    # ------------------------------------------------------------------ one image into an integer array
+    def run_images(self, lr_images: list, settings: Settings, *, noise_sampler, progress: bool, callback,
+                   bit_depth: int | None = None) -> list:
+        """Steps 2-6 of the method for every (1, 3, H, W) image: float (1, 3, H', W') in [0, 1], or with a
+        `bit_depth` (H', W', 3) integer arrays (see `finish_image`). Each method implements it."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def upscale_to_array(self, image, settings: Settings | None = None, *, bit_depth: int = 8,
+                         preset: str | None = None, generator: torch.Generator | None = None, noise_sampler=None,
+                         progress: bool = True, callback=None, **options) -> np.ndarray:
+        """Super-resolve ONE image into an (H', W', 3) uint8 (bit_depth 8) or uint16 (16) array: the integers
+        `tensor_to_pil(self(image, output_type="pt").images, bit_depth=...)` gives, with less memory.
+
+        The decoded rows stream through the wavelet (or no) colour fix and the crop straight into the
+        integer array, so no output-sized float image exists: what is held is the upsampled input, the
+        output array and one band of VAE tiles. The AdaIN colour fix (global statistics) and inputs
+        brought up to `min_size` (resized at the end) take the whole-image path, then quantise.
+        """
+        if bit_depth not in (8, 16):
+            raise StableSRError(f"bit_depth must be 8 or 16, got {bit_depth}")
+        settings, _, lr_images, noise_sampler = self.begin_call(
+            image, settings, preset=preset, options=options, output_type=None, generator=generator,
+            noise_sampler=noise_sampler)
+        if len(lr_images) != 1:
+            raise StableSRError(f"upscale_to_array takes one image, got {len(lr_images)}")
+        return self.run_images(lr_images, settings, noise_sampler=noise_sampler, progress=progress,
+                               callback=callback, bit_depth=bit_depth)[0]
+
+    def _bars_disabled(self) -> bool:
+        return getattr(self, "_progress_bar_config", {}).get("disable", False)
+
+    @staticmethod
+    def can_stream(settings: Settings, pre: Preprocessed | None = None) -> bool:
+        """Whether `upscale_to_array` streams the decode: a local colour fix (wavelet or none; AdaIN needs the
+        whole image's statistics) and no final resize (the input was not brought up to min_size)."""
+        return settings.color_fix != "adain" and (pre is None or tuple(pre.crop[2:]) == tuple(pre.output_size))
+
+    def finish_image(self, decode: Callable, lr_up: torch.Tensor, pre: Preprocessed, settings: Settings, *,
+                     bit_depth: int | None = None) -> torch.Tensor | np.ndarray:
+        """The last step of every method: decode(sink=None) (a tiled VAE decode, e.g. `decode_tiled` with its
+        arguments bound) -> colour fix against lr_up -> undo the padding -> [0, 1] on the CPU, or with a
+        `bit_depth` the integer array, streamed without an output-sized float image where `can_stream`."""
+        dtype = self.vae.dtype
+        if bit_depth is not None and self.can_stream(settings, pre):
+            return self._decode_to_array(decode, lr_up, pre, settings.color_fix, bit_depth)
+        decoded = color_fix_banded(decode().float(), lr_up.float(), settings.color_fix)
+        check_finite(decoded, "the decoded image", dtype)
+        sr = postprocess_sr(decoded, pre)  # (1, 3, H_out, W_out) in [-1, 1]
+        del decoded
+        unit = sr.add_(1).div_(2).clamp_(0, 1).cpu()  # to_unit_range, in place
+        return unit if bit_depth is None else np.asarray(tensor_to_pil(unit, bit_depth=bit_depth))
+
+    def _decode_to_array(self, decode: Callable, lr_up: torch.Tensor, pre: Preprocessed, color_fix: str,
+                         bit_depth: int) -> np.ndarray:
+        """decode(sink=...) rows -> finite check -> colour fix by bands -> crop -> integers, with no
+        image-sized float: the rows and their quantisation are those of the whole-image path."""
+        top, left, height, width = pre.crop
+        output = np.empty((height, width, 3), dtype=np.uint8 if bit_depth == 8 else np.uint16)
+        sink = cropped_sink(quantized_sink(output, levels=255 if bit_depth == 8 else 65535, model_range=True),
+                            rows=(top, height), cols=(left, width))
+        stream = None
+        if color_fix == "wavelet":
+            stream = RowBandStream(_wavelet_fix_float, lr_up.shape[-2], margin=WAVELET_REACH,
+                                   band_rows=color_fix_band_rows(lr_up.shape[-1]), sink=sink, context=(lr_up,))
+        dtype = self.vae.dtype
+
+        def checked(y0: int, rows: torch.Tensor) -> None:
+            check_finite(rows, "the decoded image", dtype)
+            (stream or sink)(y0, rows.float())
+
+        decode(sink=checked)
+        if stream is not None:
+            stream.finish()
+        return output

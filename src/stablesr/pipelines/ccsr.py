@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import PIL.Image
@@ -25,7 +26,6 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 
-from stablesr.color_fix import apply_color_fix
 from stablesr.configs_ccsr import V2_NEGATIVE_PROMPT, V2_PROMPT, CCSRSettings
 from stablesr.errors import StableSRError
 from stablesr.image_processor import (
@@ -33,13 +33,11 @@ from stablesr.image_processor import (
     OutputType,
     postprocess_images,
     to_model_range,
-    to_unit_range,
 )
-from stablesr.imaging import postprocess_sr, preprocess_lr
+from stablesr.imaging import preprocess_lr
 from stablesr.models.controlnet import ConditionEncoder, ControlledUNet, LAControlNet, LatentControlNet
 from stablesr.models.text_encoder import PromptEmbeddings
 from stablesr.pipelines.base import SRPipeline
-from stablesr.pipelines.stablesr import NonFiniteOutputError
 from stablesr.sampling.denoisers import wrap_model
 from stablesr.sampling.samplers import q_sample
 from stablesr.sampling.schedules import alphas_cumprod_from_betas, betas_scaled_linear
@@ -163,6 +161,15 @@ class CCSRPipeline(SRPipeline):
             image, settings, preset=preset, options=options, output_type=output_type, generator=generator,
             noise_sampler=noise_sampler)  # lr_images: list of (1, 3, H, W) in [0, 1]
 
+        outputs = self.run_images(lr_images, settings, noise_sampler=noise_sampler, progress=progress,
+                                  callback=callback)
+
+        # 7. Convert the output
+        return CCSROutput(images=postprocess_images(outputs, output_type))
+
+    def run_images(self, lr_images: list, settings: CCSRSettings, *, noise_sampler: NoiseSampler, progress: bool,
+                   callback, bit_depth: int | None = None) -> list:
+        """Steps 2-6 for every image (see `SRPipeline.run_images`)."""
         # 2. Prompt contexts (v1: ''; v2: the prompt, and the negative prompt with guidance) as tile functions
         controlled = ControlledUNet(self.unet, self.controlnet)
         cond_embeds = self.cached_embedding(settings.prompt)
@@ -170,16 +177,14 @@ class CCSRPipeline(SRPipeline):
         tile_fn = make_control_tile_fn(controlled, cond_embeds, uncond_embeds, settings)
         first_tile_fn = tile_fn if uncond_embeds is None else make_control_tile_fn(controlled, uncond_embeds, None,
                                                                                     settings)
-
-        outputs = self.upscale_each(lr_images, lambda lr: self._upscale_one(
-            lr, settings, tile_fn, first_tile_fn, noise_sampler=noise_sampler, callback=callback))
-
-        # 7. Convert the output
-        return CCSROutput(images=postprocess_images(outputs, output_type))
+        return self.upscale_each(lr_images, lambda lr: self._upscale_one(
+            lr, settings, tile_fn, first_tile_fn, noise_sampler=noise_sampler, callback=callback,
+            bit_depth=bit_depth))
 
     def _upscale_one(self, lr: torch.Tensor, settings: CCSRSettings, tile_fn, first_tile_fn, *,
-                     noise_sampler: NoiseSampler, callback) -> torch.Tensor:
-        """Steps 3-6 for one (1, 3, H, W) image in [0, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU."""
+                     noise_sampler: NoiseSampler, callback, bit_depth: int | None = None) -> torch.Tensor:
+        """Steps 3-6 for one (1, 3, H, W) image in [0, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU (with a
+        `bit_depth`, the integer array: `SRPipeline.finish_image`)."""
         vae_dtype, scaling = self.vae.dtype, self.vae.config.scaling_factor
 
         # 3. Preprocess: to [-1, 1], bicubic upscale (short side >= min_size), pad to a multiple of 8
@@ -215,9 +220,6 @@ class CCSRPipeline(SRPipeline):
 
         # 6. Decode with the finetuned decoder (tiled), colour-fix against lr_up, undo the padding
         decode_tile, decode_overlap = settings.vae_decode_tiles(self.vae_scale_factor)
-        decoded = decode_tiled(self.vae, x0_pred.to(vae_dtype) / scaling, tile_size=decode_tile,
-                               tile_overlap=decode_overlap)
-        decoded = apply_color_fix(decoded.float(), lr_up.float(), method=settings.color_fix)
-        if not torch.isfinite(decoded).all():
-            raise NonFiniteOutputError(f"the decoded image has NaN/Inf values in {vae_dtype}")
-        return to_unit_range(postprocess_sr(decoded, pre)).cpu()
+        decode = partial(decode_tiled, self.vae, x0_pred.to(vae_dtype) / scaling, tile_size=decode_tile,
+                         tile_overlap=decode_overlap)
+        return self.finish_image(decode, lr_up, pre, settings, bit_depth=bit_depth)

@@ -14,24 +14,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
-from stablesr.color_fix import apply_color_fix
 from stablesr.image_processor import (
     ImageInput,
     OutputType,
     postprocess_images,
     to_model_range,
-    to_unit_range,
 )
-from stablesr.imaging import postprocess_sr, preprocess_lr
+from stablesr.imaging import preprocess_lr
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.models.deedsr_adapter import DeeDSRModule, DeeDSRUNet
 from stablesr.models.degradation_learner import DegradationLearner
-from stablesr.pipelines.base import SRPipeline
-from stablesr.pipelines.stablesr import NonFiniteOutputError, StableSROutput
+from stablesr.pipelines.base import SRPipeline, check_finite
+from stablesr.pipelines.stablesr import StableSROutput
 from stablesr.sampling.denoisers import wrap_model
 from stablesr.sampling.noise_guidance import first_timesteps, noise_guided
 from stablesr.sampling.samplers import NoiseSampler, sample_ddim
@@ -101,17 +100,25 @@ class DeeDSRPipeline(SRPipeline):
             image, settings, preset=preset, options=options, output_type=output_type, generator=generator,
             noise_sampler=noise_sampler)  # lr_images: list of (1, 3, H, W) in [0, 1]
 
-        deedsr_unet = DeeDSRUNet(self.unet, self.adapter, self.degradation_learner)
-        outputs = self.upscale_each(lr_images, lambda lr: self._upscale_one(
-            lr, settings, deedsr_unet, noise_sampler=noise_sampler, progress=progress, callback=callback),
-            hooked=deedsr_unet)
+        outputs = self.run_images(lr_images, settings, noise_sampler=noise_sampler, progress=progress,
+                                  callback=callback)
 
         # 8. Convert the output
         return StableSROutput(images=postprocess_images(outputs, output_type))
 
+    def run_images(self, lr_images: list, settings: DeeDSRSettings, *, noise_sampler: NoiseSampler, progress: bool,
+                   callback, bit_depth: int | None = None) -> list:
+        """Steps 2-7 for every image (see `SRPipeline.run_images`)."""
+        deedsr_unet = DeeDSRUNet(self.unet, self.adapter, self.degradation_learner)
+        return self.upscale_each(lr_images, lambda lr: self._upscale_one(
+            lr, settings, deedsr_unet, noise_sampler=noise_sampler, progress=progress, callback=callback,
+            bit_depth=bit_depth), hooked=deedsr_unet)
+
     def _upscale_one(self, lr: torch.Tensor, settings: DeeDSRSettings, deedsr_unet: DeeDSRUNet, *,
-                     noise_sampler: NoiseSampler, progress: bool, callback) -> torch.Tensor:
-        """Steps 2-7 for one (1, 3, H, W) image in [0, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU."""
+                     noise_sampler: NoiseSampler, progress: bool, callback, bit_depth: int | None = None
+                     ) -> torch.Tensor:
+        """Steps 2-7 for one (1, 3, H, W) image in [0, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU (with a
+        `bit_depth`, the integer array: `SRPipeline.finish_image`)."""
         device, vae_dtype = self.device, self.vae.dtype
         scaling = self.vae.config.scaling_factor
 
@@ -141,17 +148,13 @@ class DeeDSRPipeline(SRPipeline):
         with self._progress(settings.num_inference_steps, progress, callback) as on_step:
             samples = sample_ddim(denoiser, noise_sampler(lr_latent), schedule, noise_sampler=noise_sampler,
                                   callback=on_step)
-        if not torch.isfinite(samples).all():
-            raise NonFiniteOutputError(f"the sampled latent has NaN/Inf values in {self.unet.dtype}")
+        check_finite(samples, "the sampled latent", self.unet.dtype)
 
         # 7. Decode (tiled, no CFW fusion), colour-fix, undo the padding
         decode_tile, decode_overlap = settings.vae_decode_tiles(self.vae_scale_factor)
-        decoded = decode_tiled(self.vae, samples.to(vae_dtype) / scaling, tile_size=decode_tile,
-                               tile_overlap=decode_overlap, cond_image=None, fidelity=0.0)
-        decoded = apply_color_fix(decoded.float(), lr_up.float(), method=settings.color_fix)
-        if not torch.isfinite(decoded).all():
-            raise NonFiniteOutputError(f"the decoded image has NaN/Inf values in {vae_dtype}")
-        return to_unit_range(postprocess_sr(decoded, pre)).cpu()
+        decode = partial(decode_tiled, self.vae, samples.to(vae_dtype) / scaling, tile_size=decode_tile,
+                         tile_overlap=decode_overlap)
+        return self.finish_image(decode, lr_up, pre, settings, bit_depth=bit_depth)
 
     def _progress(self, steps: int, progress: bool, callback):
         from stablesr.pipelines.stablesr import StableSRPipeline

@@ -22,7 +22,6 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
-from stablesr.color_fix import WAVELET_LEVELS, apply_color_fix
 from stablesr.configs import DEFAULT_VAE_TILE_SIZE, UpscaleSettings
 from stablesr.errors import StableSRError
 from stablesr.image_processor import (
@@ -31,11 +30,18 @@ from stablesr.image_processor import (
     postprocess_images,
     to_model_range,
 )
-from stablesr.imaging import postprocess_sr, preprocess_lr
+from stablesr.imaging import preprocess_lr
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.models.sft_unet import SFTUNet, StableSRModule
 from stablesr.models.text_encoder import OFFICIAL_NEGATIVE_PROMPT, PromptEmbeddings, known_prompt_tokens
-from stablesr.pipelines.base import SRPipeline
+from stablesr.pipelines.base import (  # noqa: F401 (NonFiniteOutputError, WAVELET_REACH: re-exported)
+    COLOR_FIX_LIVE_COPIES,
+    WAVELET_REACH,
+    NonFiniteOutputError,
+    SRPipeline,
+    check_finite,
+    color_fix_band_rows,
+)
 from stablesr.sampling.chain import sample_chain
 from stablesr.sampling.schedules import betas_scaled_linear
 from stablesr.tiling.aggregation import TiledDenoiser
@@ -47,21 +53,17 @@ from stablesr.tiling.budget import (
     encoder_bytes_per_pixel,
     tile_candidates,
 )
-from stablesr.tiling.rows import map_row_bands
 from stablesr.tiling.vae import decode_tiled, encode_tiled
 
 NoiseSampler = Callable[[torch.Tensor], torch.Tensor]
 
-WAVELET_REACH = 2**WAVELET_LEVELS  # rows of context the wavelet colour fix needs (its blurs reach 1 + 2 + ... + 16)
-COLOR_FIX_BAND_ROWS = 256
 # Image-sized bytes per pixel of the upsampled image at the decode: lr_up, the decoded and the
 # colour-fixed float32 images (12 B each), the cropped [0, 1] output and the latents. Counted from
 # the code, not measured yet: check it against an end-to-end peak before relying on it.
 IMAGE_BYTES_PER_PIXEL = 48
-
-
-class NonFiniteOutputError(StableSRError):
-    """NaN/Inf appeared (typically fp16 overflow); half precision falls back to float32."""
+# The same when the decode streams into an integer array (`upscale_to_array`): lr_up (12 B in float32)
+# and, while it is made, its unpadded copy (12 B); the uint8/uint16 output (3-6 B) comes after that copy.
+STREAMING_BYTES_PER_PIXEL = 24
 
 
 @dataclass
@@ -178,28 +180,39 @@ class StableSRPipeline(SRPipeline):
         settings, output_type, lr_images, noise_sampler = self.begin_call(
             image, settings, preset=preset, options=options, output_type=output_type, generator=generator,
             noise_sampler=noise_sampler)  # lr_images: list of (1, 3, H, W) in [0, 1]
+        outputs = self.run_images(lr_images, settings, noise_sampler=noise_sampler, progress=progress,
+                                  callback=callback)
 
-        # 2. Encode prompts (cond = prompt; uncond = negative prompt, only with guidance)
+        # 7. Convert the output
+        return StableSROutput(images=postprocess_images(outputs, output_type))
+
+    def run_images(self, lr_images: list, settings: UpscaleSettings, *, noise_sampler: NoiseSampler,
+                   progress: bool, callback, bit_depth: int | None = None) -> list:
+        """Steps 2-6 for every image (see `SRPipeline.run_images`)."""
+        sft_unet, tile_fn = self._denoiser(settings)
+        return self.upscale_each(lr_images, lambda lr: self._upscale_one(
+            lr, settings, tile_fn, noise_sampler=noise_sampler, progress=progress, callback=callback,
+            bit_depth=bit_depth), hooked=sft_unet)
+
+    def _denoiser(self, settings: UpscaleSettings) -> tuple[SFTUNet, Callable]:
+        """Step 2: the prompt embeddings (cond = prompt; uncond = negative prompt, only with guidance) and the
+        SFT-hooked UNet with its guided tile function."""
         cond_embeds = self.encode_prompt(settings.prompt).to(self.device, self.unet.dtype)
         uncond_embeds = None
         if settings.guidance_scale != 1.0:
             negative = OFFICIAL_NEGATIVE_PROMPT if settings.negative_prompt is None else settings.negative_prompt
             uncond_embeds = self.encode_prompt(negative).to(self.device, self.unet.dtype)
-
         sft_unet = SFTUNet(self.unet, self.sr_module)
-        tile_fn = make_guided_tile_fn(sft_unet, cond_embeds, uncond_embeds, settings.guidance_scale)
-        outputs = self.upscale_each(lr_images, lambda lr: self._upscale_one(
-            lr, settings, tile_fn, noise_sampler=noise_sampler, progress=progress, callback=callback), hooked=sft_unet)
-
-        # 7. Convert the output
-        return StableSROutput(images=postprocess_images(outputs, output_type))
+        return sft_unet, make_guided_tile_fn(sft_unet, cond_embeds, uncond_embeds, settings.guidance_scale)
 
     def _upscale_one(self, lr: torch.Tensor, settings: UpscaleSettings, tile_fn, *, noise_sampler: NoiseSampler,
-                     progress: bool, callback) -> torch.Tensor:
-        """Steps 3-6 for one (1, 3, H, W) image in [0, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU."""
+                     progress: bool, callback, bit_depth: int | None = None) -> torch.Tensor | np.ndarray:
+        """Steps 3-6 for one (1, 3, H, W) image in [0, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU, or with a
+        `bit_depth` the (H*s, W*s, 3) integer array (streamed where it can be; see `upscale_to_array`)."""
         device, vae_dtype = self.device, self.vae.dtype
         scaling = self.vae.config.scaling_factor
-        settings = replace(settings, vae_tile_size=self.plan_memory(*lr.shape[-2:], settings))
+        tile = self.plan_memory(*lr.shape[-2:], settings, streaming=bit_depth is not None)
+        settings = replace(settings, vae_tile_size=tile)
 
         # 3. Preprocess: to [-1, 1], bicubic upscale (short side >= min_size), pad to a multiple of 8
         pre = preprocess_lr(to_model_range(lr), upscale=settings.upscale, min_size=settings.min_size,
@@ -207,8 +220,14 @@ class StableSRPipeline(SRPipeline):
         lr_up = pre.image.to(device, vae_dtype)  # (1, 3, H, W)
 
         # 4. Encode the LR image: z_lr = scaling * sample(q(z | lr_up)), tiled for bounded memory
+        # One window each way: the CFW features come from this encoder pass, not a second one at the decode
         encode_tile, encode_overlap = settings.vae_encode_tiles
-        posterior = encode_tiled(self.vae, lr_up, tile_size=encode_tile, tile_overlap=encode_overlap)
+        decode_tile, decode_overlap = settings.vae_decode_tiles(self.vae_scale_factor)
+        enc_feats = None
+        if settings.fidelity > 0 and max(lr_up.shape[-2:]) <= min(encode_tile, decode_tile * self.vae_scale_factor):
+            posterior, enc_feats = self.vae.encode_with_features(lr_up)  # bit-identical to vae.encode
+        else:
+            posterior = encode_tiled(self.vae, lr_up, tile_size=encode_tile, tile_overlap=encode_overlap)
         lr_latent = (posterior.mean + posterior.std * noise_sampler(posterior.mean)) * scaling
         lr_latent = lr_latent.to(self.unet.dtype)  # (1, 4, H/8, W/8)
 
@@ -222,50 +241,36 @@ class StableSRPipeline(SRPipeline):
                                    prediction_type=self.prediction_type, noise_sampler=noise_sampler,
                                    sampler=settings.sampler, eta=settings.eta, start=settings.start,
                                    faithful=settings.faithful, callback=on_step)
-        if not torch.isfinite(samples).all():
-            raise NonFiniteOutputError(f"the sampled latent has NaN/Inf values in {self.unet.dtype}"
-                                       + _retry_hint(self.unet.dtype))
+        check_finite(samples, "the sampled latent", self.unet.dtype)
 
         # 6. Decode with CFW (encoder features of lr_up per tile), colour-fix, undo the padding
         z = samples.to(vae_dtype) / scaling
         del samples, model, lr_latent, posterior
-        decode_tile, decode_overlap = settings.vae_decode_tiles(self.vae_scale_factor)
-        decoded = decode_tiled(self.vae, z, tile_size=decode_tile, tile_overlap=decode_overlap,
-                               cond_image=lr_up if settings.fidelity > 0 else None, fidelity=settings.fidelity,
-                               progress=progress and not self._bars_disabled())
-        decoded = self._color_fix(decoded.float(), lr_up.float(), settings.color_fix)
-        if not torch.isfinite(decoded).all():
-            raise NonFiniteOutputError(f"the decoded image has NaN/Inf values in {vae_dtype}"
-                                       + _retry_hint(vae_dtype))
-        sr = postprocess_sr(decoded, pre)  # (1, 3, H_out, W_out) in [-1, 1]
-        del decoded
-        return sr.add_(1).div_(2).clamp_(0, 1).cpu()  # to_unit_range, in place
-
-    def _bars_disabled(self) -> bool:
-        return getattr(self, "_progress_bar_config", {}).get("disable", False)
-
-    @staticmethod
-    def _color_fix(decoded: torch.Tensor, lr_up: torch.Tensor, method) -> torch.Tensor:
-        """apply_color_fix; the wavelet fix (a local operator) runs in bands of rows, so its
-        temporaries are band-sized (equal to the whole-image call up to float rounding)."""
-        if method != "wavelet":
-            return apply_color_fix(decoded, lr_up, method=method)
-        return map_row_bands(partial(apply_color_fix, method="wavelet"), decoded, lr_up,
-                             margin=WAVELET_REACH, band_rows=COLOR_FIX_BAND_ROWS)
+        decode = partial(decode_tiled, self.vae, z, tile_size=decode_tile, tile_overlap=decode_overlap,
+                         cond_image=lr_up if settings.fidelity > 0 else None, fidelity=settings.fidelity,
+                         cond_features=enc_feats, progress=progress and not self._bars_disabled())
+        return self.finish_image(decode, lr_up, pre, settings, bit_depth=bit_depth)
 
     # ---------------------------------------------------------------- memory
-    def plan_memory(self, height: int, width: int, settings: UpscaleSettings, *, input_bytes: float = 0) -> int:
+    def plan_memory(self, height: int, width: int, settings: UpscaleSettings, *, input_bytes: float = 0,
+                    streaming: bool = False) -> int:
         """The VAE tile size in pixels for an LR image of height x width: `settings.vae_tile_size` when
         set, else the largest multiple of 64 up to DEFAULT_VAE_TILE_SIZE whose encoder and decoder tile
-        plus the image-sized buffers (IMAGE_BYTES_PER_PIXEL of the upsampled image, and `input_bytes`)
-        fit `settings.max_memory`. MemoryBudgetError, before any image-sized allocation, when the
-        buffers with the smallest tile (64 px) do not fit."""
+        plus the image-sized buffers (per pixel of the upsampled image: IMAGE_BYTES_PER_PIXEL, or
+        STREAMING_BYTES_PER_PIXEL when `streaming` into an integer array and `can_stream`; plus
+        `input_bytes`) fit `settings.max_memory`. MemoryBudgetError, before any image-sized allocation,
+        when the buffers with the smallest tile (64 px) do not fit."""
         scale = max(settings.min_size / min(height, width), settings.upscale)
         multiple = self.vae_scale_factor
         up_h, up_w = (-(-int(side * scale) // multiple) * multiple for side in (height, width))  # padded lr_up
         channels, dtype = self.vae.config.block_out_channels, self.vae.dtype
         encode_pixel, decode_pixel = encoder_bytes_per_pixel(channels, dtype), decoder_bytes_per_pixel(channels, dtype)
-        fixed = IMAGE_BYTES_PER_PIXEL * up_h * up_w + input_bytes
+        streams = streaming and self.can_stream(settings) and scale == settings.upscale
+        per_pixel = STREAMING_BYTES_PER_PIXEL if streams else IMAGE_BYTES_PER_PIXEL
+        fixed = per_pixel * up_h * up_w + input_bytes
+        if settings.color_fix == "wavelet":
+            band = color_fix_band_rows(up_w) + 2 * WAVELET_REACH
+            fixed += COLOR_FIX_LIVE_COPIES * band_bytes(min(band, up_h), up_w, 3, 4)
 
         def cost(tile: int) -> float:
             tile_h, tile_w = min(tile, up_h), min(tile, up_w)
@@ -291,7 +296,3 @@ class StableSRPipeline(SRPipeline):
                     callback(i, t, x, x0_pred)
 
             yield on_step
-
-
-def _retry_hint(dtype: torch.dtype) -> str:
-    return "" if dtype == torch.float32 else "; retry in float32"

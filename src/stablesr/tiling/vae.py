@@ -104,6 +104,7 @@ def decode_tiled(
     tile_overlap: int = 16,
     cond_image: torch.Tensor | None = None,
     fidelity: float = 0.0,
+    cond_features: list[torch.Tensor] | None = None,
     sink: RowSink | None = None,
     progress: bool = False,
     statistics: Statistics = "auto",
@@ -112,6 +113,8 @@ def decode_tiled(
 
     With a CFWAutoencoderKL, cond_image (B, 3, 8h, 8w) in [-1, 1] (the bicubic-upsampled LR) and
     fidelity > 0, the CFW encoder features of every window come from the matching pixel crop.
+    `cond_features`: the features of the whole cond_image, when the caller has them already (from
+    `encode_with_features`); used when the latent is one window, instead of running the encoder again.
     With a `sink`, finished output rows stream into it (a `StreamingCanvas` band at a time) and
     nothing is returned: e.g. `quantized_sink` writes a uint8 picture, with no image-sized float.
     `progress` shows a bar over the window runs (the statistics passes and the decode).
@@ -136,7 +139,10 @@ def decode_tiled(
 
     latent_size = tuple(z.shape[-2:])
     if max(latent_size) <= tile_size:
-        image = decode_window(slice(0, latent_size[0]), slice(0, latent_size[1]))
+        if use_cond and cond_features is not None:
+            image = vae.decode_with_features(z, cond_features, fidelity=fidelity)
+        else:
+            image = decode_window(slice(0, latent_size[0]), slice(0, latent_size[1]))
         return image if sink is None else sink(0, image)
     tiling = Tiling(latent_size, tile_size, tile_overlap)
     with tqdm(desc="VAE decode tiles", unit="tile", leave=False, disable=not progress) as bar:
