@@ -9,7 +9,8 @@ def test_bench_models_tiny_prints_every_phase(capsys):
     out = capsys.readouterr().out
     assert out.count("diffusers UNet step") == 2  # the baseline line and its row
     assert out.count("step 512 (1 tile)") == 2 and out.count("step 1024 (9 tiles) from batches") == 2  # per dtype
-    assert out.count("decode 64") == 1
+    assert out.count("decode 64 ") == 3  # the plain AutoencoderKL, the tiled CFW, CFW on the encode's features
+    assert "decode 64 plain AutoencoderKL (no CFW)" in out and "features from the encode" in out
     assert "x baseline" in out and "bf16 step output vs fp32" in out and "peak MB" in out
 
 

@@ -11,10 +11,14 @@ latent tiles the pipeline would use (tile 64, overlap 32, `--tile-batch-size` ti
 1 tile at 512, 9 at 1024, 225 at 4096). A step over many tiles is the sum of its tile batches, so
 by default the full batch and the remainder batch are timed and summed ("from batches"; the
 Gaussian blending around them costs well under 1 % of a tile); `--whole-steps` times the real
-aggregated step instead. Then the tiled CFW decode (`decode_tiled`, fidelity 0.5) at
-`--decode-sizes`. Peak memory is the process RSS (CUDA: max allocated) during one step, measured
-while only that dtype's models are loaded (the UNet + SR module in the dtype, the VAE in fp32, as
-the pipeline keeps it on CPU). The bf16 (fp16) step output is compared with fp32 on the same inputs.
+aggregated step instead. Then the decodes at `--decode-sizes`: the untouched AutoencoderKL decoder
+(no CFW: a lower bound of the official CFW decode, which runs this decoder plus the two fusion
+blocks on the features of its encode pass), our tiled CFW decode (`decode_tiled`, fidelity 0.5, the
+features recomputed per window) and, when the image is one window, the CFW decode on the features
+of the encode pass, as the pipeline then runs it. Peak memory is the process RSS (CUDA: max
+allocated) during one step, measured while only that dtype's models are loaded (the UNet + SR
+module in the dtype, the VAE in fp32, as the pipeline keeps it on CPU). The bf16 (fp16) step
+output is compared with fp32 on the same inputs.
 """
 
 from __future__ import annotations
@@ -166,9 +170,16 @@ class Phases:
         for size in sizes:
             latent = self._randn(1, 4, size // 8, size // 8).float()
             image = (torch.rand(1, 3, size, size, generator=self.generator) * 2 - 1).to(self.device)
+            self.calls[f"decode {size} plain AutoencoderKL (no CFW)"] = lambda z=latent: self.vae.decode(z).sample
             self.calls[f"decode {size} (tiled CFW, w=0.5)"] = (
                 lambda z=latent, c=image: decode_tiled(self.vae, z, tile_size=tile, tile_overlap=overlap,
                                                       cond_image=c, fidelity=0.5))
+            if size <= tile * 8:  # one window: the pipeline passes the features of its encode pass
+                features = self.vae.encode_with_features(image)[1]
+                self.calls[f"decode {size} (CFW, w=0.5, features from the encode)"] = (
+                    lambda z=latent, c=image, f=features: decode_tiled(
+                        self.vae, z, tile_size=tile, tile_overlap=overlap, cond_image=c, fidelity=0.5,
+                        cond_features=f))
 
     def run(self, name: str) -> float:
         """Seconds of one call of phase `name`."""
@@ -291,5 +302,5 @@ def _print_table(times, peaks, errors, reference) -> None:
 
 def _row_order(name: str, phase: str, dtypes: list[str]) -> tuple:
     kind = 0 if phase == BASELINE else 1 if phase.startswith(("step", "tile")) else 2
-    size = int(phase.split()[1]) if phase.startswith(("step", "decode")) else 0
+    size = int(phase.split()[1].rstrip(",")) if phase.startswith(("step", "decode")) else 0
     return kind, phase.startswith("tile"), size, phase, dtypes.index(name)
