@@ -38,10 +38,21 @@ class ResidualDenseBlock(nn.Module):
         init_scaled_kaiming_(self, scale=0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = [x]
-        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
-            features.append(self.lrelu(conv(torch.cat(features, dim=1))))
-        return x + 0.2 * self.conv5(torch.cat(features, dim=1))
+        """Without autograd the dense concatenations [x, x1, .., xk] are channel prefixes of one buffer
+        (contiguous views for a batch of one) instead of four growing copies: bitwise the same result."""
+        if torch.is_grad_enabled():  # autograd keeps each conv's input: no writes into a shared buffer
+            features = [x]
+            for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
+                features.append(self.lrelu(conv(torch.cat(features, dim=1))))
+            return x + 0.2 * self.conv5(torch.cat(features, dim=1))
+        batch, channels, height, width = x.shape
+        growth = self.conv1.out_channels
+        dense = torch.empty((batch, channels + 4 * growth, height, width), dtype=x.dtype, device=x.device)
+        dense[:, :channels] = x
+        for k, conv in enumerate((self.conv1, self.conv2, self.conv3, self.conv4)):
+            start = channels + k * growth
+            dense[:, start : start + growth] = self.lrelu(conv(dense[:, :start]))  # (B, C + k*G, H, W) -> (B, G, H, W)
+        return x + 0.2 * self.conv5(dense)
 
 
 class RRDB(nn.Module):
