@@ -21,7 +21,62 @@ from torch import Tensor
 from stablesr.tiling.canvas import RowSink, tensor_sink
 
 
-class RowBandStream:
+class BandedRows:
+    """A RowSink that turns rows arriving top to bottom into output rows, a band of output rows at a time,
+    and passes them on to `sink`. A subclass says which input rows an output band reads (`_inputs`) and
+    computes the band (`_band`); only those input rows are held. Call `finish()` after the last rows.
+    """
+
+    def __init__(self, in_height: int, out_height: int, *, band_rows: int, sink: RowSink) -> None:
+        if band_rows < 1:
+            raise ValueError(f"band_rows must be >= 1, got {band_rows}")
+        self.in_height, self.out_height, self.band_rows, self.sink = in_height, out_height, band_rows, sink
+        self.held: Tensor | None = None  # input rows held_top .. received
+        self.held_top = self.received = self.next_row = 0
+
+    def __call__(self, y0: int, rows: Tensor) -> None:
+        if y0 != self.received:
+            raise ValueError(f"rows must arrive in order: got row {y0}, expected {self.received}")
+        rows = self._prepare(rows)
+        self.held = rows if self.held is None else torch.cat([self.held, rows], dim=-2)
+        self.received += rows.shape[-2]
+        while self.next_row < self.out_height and self.received >= self._inputs(self.next_row, self._band_end())[1]:
+            self._emit()
+
+    def finish(self) -> None:
+        if self.received != self.in_height:
+            raise ValueError(f"the stream ended after {self.received} of {self.in_height} rows")
+        while self.next_row < self.out_height:
+            self._emit()
+
+    def _band_end(self) -> int:
+        return min(self.next_row + self.band_rows, self.out_height)
+
+    def _emit(self) -> None:
+        start, stop = self.next_row, self._band_end()
+        first, last = self._inputs(start, stop)
+        band_in = self.held[..., first - self.held_top : last - self.held_top, :]
+        self.sink(start, self._band(start, stop, first, last, band_in))
+        self.next_row = stop
+        keep_from = self._inputs(stop, stop + 1)[0] if stop < self.out_height else self.received
+        if keep_from > self.held_top:  # rows above the next band's inputs are done with
+            self.held = self.held[..., keep_from - self.held_top :, :]
+            self.held_top = keep_from
+
+    def _prepare(self, rows: Tensor) -> Tensor:
+        """What is held of incoming rows (default: the rows)."""
+        return rows
+
+    def _inputs(self, start: int, stop: int) -> tuple[int, int]:
+        """Input rows first .. last that output rows start .. stop read."""
+        raise NotImplementedError
+
+    def _band(self, start: int, stop: int, first: int, last: int, band_in: Tensor) -> Tensor:
+        """Output rows start .. stop from input rows first .. last (`band_in`)."""
+        raise NotImplementedError
+
+
+class RowBandStream(BandedRows):
     """A RowSink that applies fn band by band to rows arriving top to bottom and passes the results on.
 
     fn(rows, *context_rows) -> (B, C', n, W): `rows` are the streamed input's rows top .. bottom and
@@ -33,40 +88,17 @@ class RowBandStream:
 
     def __init__(self, fn: Callable[..., Tensor], height: int, *, margin: int, band_rows: int, sink: RowSink,
                  context: tuple[Tensor, ...] = ()) -> None:
-        if band_rows < 1 or margin < 0:
-            raise ValueError(f"need band_rows >= 1 and margin >= 0, got {band_rows}, {margin}")
-        self.fn, self.height, self.margin, self.band_rows = fn, height, margin, band_rows
-        self.sink, self.context = sink, context
-        self.held: Tensor | None = None  # input rows held_top .. received
-        self.held_top = self.received = self.next_band = 0
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        super().__init__(height, height, band_rows=band_rows, sink=sink)
+        self.fn, self.margin, self.context = fn, margin, context
 
-    def __call__(self, y0: int, rows: Tensor) -> None:
-        if y0 != self.received:
-            raise ValueError(f"rows must arrive in order: got row {y0}, expected {self.received}")
-        self.held = rows if self.held is None else torch.cat([self.held, rows], dim=-2)
-        self.received += rows.shape[-2]
-        while self.next_band < self.height and self.received >= min(
-                self.next_band + self.band_rows + self.margin, self.height):
-            self._emit()
+    def _inputs(self, start: int, stop: int) -> tuple[int, int]:
+        return max(start - self.margin, 0), min(stop + self.margin, self.in_height)
 
-    def finish(self) -> None:
-        if self.received != self.height:
-            raise ValueError(f"the stream ended after {self.received} of {self.height} rows")
-        while self.next_band < self.height:
-            self._emit()
-
-    def _emit(self) -> None:
-        y0 = self.next_band
-        y1 = min(y0 + self.band_rows, self.height)
-        top, bottom = max(y0 - self.margin, 0), min(y1 + self.margin, self.height)
-        band_in = self.held[..., top - self.held_top : bottom - self.held_top, :]
-        band_out = self.fn(band_in, *(image[..., top:bottom, :] for image in self.context))  # (B, C', bottom - top, W)
-        self.sink(y0, band_out[..., y0 - top : y1 - top, :])
-        self.next_band = y1
-        keep_from = max(y1 - self.margin, 0)  # the next band's context above starts here
-        if keep_from > self.held_top:
-            self.held = self.held[..., keep_from - self.held_top :, :]
-            self.held_top = keep_from
+    def _band(self, start: int, stop: int, first: int, last: int, band_in: Tensor) -> Tensor:
+        band_out = self.fn(band_in, *(image[..., first:last, :] for image in self.context))  # (B, C', last - first, W)
+        return band_out[..., start - first : stop - first, :]
 
 
 def map_row_bands(fn: Callable[..., Tensor], *images: Tensor, margin: int, band_rows: int) -> Tensor:
@@ -91,7 +123,7 @@ def map_row_bands(fn: Callable[..., Tensor], *images: Tensor, margin: int, band_
     return output[0]
 
 
-class ResizedRows:
+class ResizedRows(BandedRows):
     """A RowSink that resizes the image streamed into it, (B, C, in_h, in_w) -> (out_h, out_w), with
     `F.interpolate(..., mode="bicubic", antialias=True)` and passes the resized rows on, top to bottom.
 
@@ -103,50 +135,24 @@ class ResizedRows:
 
     def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int], *, sink: RowSink,
                  band_rows: int = 64) -> None:
-        (self.in_h, self.in_w), (self.out_h, self.out_w) = in_size, out_size
-        if min(*in_size, *out_size, band_rows) < 1:
-            raise ValueError(f"sizes and band_rows must be positive, got {in_size}, {out_size}, {band_rows}")
-        self.sink, self.band_rows = sink, band_rows
-        ratio = self.in_h / self.out_h
+        if min(*in_size, *out_size) < 1:
+            raise ValueError(f"sizes must be positive, got {in_size}, {out_size}")
+        super().__init__(in_size[0], out_size[0], band_rows=band_rows, sink=sink)
+        self.out_w = out_size[1]
+        ratio = in_size[0] / out_size[0]
         self._centre, self._reach = ratio, 2 * max(ratio, 1.0) + 2  # filter support plus a row of safety
-        self.held: Tensor | None = None  # column-resized input rows held_top .. received
-        self.held_top = self.received = self.next_row = 0
 
-    def __call__(self, y0: int, rows: Tensor) -> None:
-        if y0 != self.received:
-            raise ValueError(f"rows must arrive in order: got row {y0}, expected {self.received}")
-        rows = F.interpolate(rows.float(), size=(rows.shape[-2], self.out_w), mode="bicubic", antialias=True)
-        self.held = rows if self.held is None else torch.cat([self.held, rows], dim=-2)
-        self.received += rows.shape[-2]
-        while self.next_row < self.out_h and self.received >= self._inputs(self.next_row, self._band_end())[1]:
-            self._emit()
-
-    def finish(self) -> None:
-        if self.received != self.in_h:
-            raise ValueError(f"the stream ended after {self.received} of {self.in_h} rows")
-        while self.next_row < self.out_h:
-            self._emit()
-
-    def _band_end(self) -> int:
-        return min(self.next_row + self.band_rows, self.out_h)
+    def _prepare(self, rows: Tensor) -> Tensor:
+        return F.interpolate(rows.float(), size=(rows.shape[-2], self.out_w), mode="bicubic", antialias=True)
 
     def _inputs(self, start: int, stop: int) -> tuple[int, int]:
-        """Input rows that output rows start .. stop may read (a superset of the filter's support)."""
+        """A superset of the filter's support."""
         first = int(math.floor((start + 0.5) * self._centre - self._reach))
         last = int(math.ceil((stop - 0.5) * self._centre + self._reach)) + 1
-        return max(first, 0), min(last, self.in_h)
+        return max(first, 0), min(last, self.in_height)
 
-    def _emit(self) -> None:
-        start, stop = self.next_row, self._band_end()
-        first, last = self._inputs(start, stop)
-        one_hot = torch.zeros((1, 1, self.in_h, last - first), dtype=torch.float32, device=self.held.device)
+    def _band(self, start: int, stop: int, first: int, last: int, band_in: Tensor) -> Tensor:
+        one_hot = torch.zeros((1, 1, self.in_height, last - first), dtype=torch.float32, device=band_in.device)
         one_hot[0, 0, first:last].fill_diagonal_(1)  # column k: input row first + k
-        weights = F.interpolate(one_hot, size=(self.out_h, last - first), mode="bicubic", antialias=True)
-        weights = weights[0, 0, start:stop]  # (out rows, input rows first .. last)
-        band = self.held[..., first - self.held_top : last - self.held_top, :]
-        self.sink(start, torch.einsum("ok,bckw->bcow", weights, band))
-        self.next_row = stop
-        keep_from = self._inputs(stop, min(stop + 1, self.out_h))[0] if stop < self.out_h else self.received
-        if keep_from > self.held_top:
-            self.held = self.held[..., keep_from - self.held_top :, :]
-            self.held_top = keep_from
+        weights = F.interpolate(one_hot, size=(self.out_height, last - first), mode="bicubic", antialias=True)
+        return torch.einsum("ok,bckw->bcow", weights[0, 0, start:stop], band_in)  # (out rows, inputs) x band
