@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
+from tqdm.auto import tqdm
 
 from stablesr.color_fix import WAVELET_LEVELS, apply_color_fix
 from stablesr.configs import UPSCALE_DEFAULTS_FILE, Settings, read_upscale_defaults, resolve_settings
@@ -149,6 +151,19 @@ class SRPipeline(DiffusionPipeline):
             raise StableSRError(f"upscale_to_array takes one image, got {len(lr_images)}")
         return self.run_images(lr_images, settings, noise_sampler=noise_sampler, progress=progress,
                                callback=callback, bit_depth=bit_depth)[0]
+
+    @contextmanager
+    def _progress(self, steps: int, progress: bool, callback):
+        """A step callback that advances a progress bar and calls the user's `callback`."""
+        bar_config = {**getattr(self, "_progress_bar_config", {}), "desc": "sampling", "leave": False}
+        bar_config["disable"] = bar_config.get("disable", False) or not progress
+        with tqdm(total=steps, **bar_config) as bar:
+            def on_step(i, t, x, x0_pred):
+                bar.update()
+                if callback is not None:
+                    callback(i, t, x, x0_pred)
+
+            yield on_step
 
     def _bars_disabled(self) -> bool:
         return getattr(self, "_progress_bar_config", {}).get("disable", False)

@@ -155,8 +155,3 @@ class DeeDSRPipeline(SRPipeline):
         decode = partial(decode_tiled, self.vae, samples.to(vae_dtype) / scaling, tile_size=decode_tile,
                          tile_overlap=decode_overlap)
         return self.finish_image(decode, lr_up, pre, settings, bit_depth=bit_depth)
-
-    def _progress(self, steps: int, progress: bool, callback):
-        from stablesr.pipelines.stablesr import StableSRPipeline
-
-        return StableSRPipeline._progress(self, steps, progress, callback)

@@ -11,7 +11,6 @@ w -> `fidelity`; Gaussian aggregation -> `TiledDenoiser`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -20,7 +19,6 @@ import PIL.Image
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.utils import BaseOutput
-from tqdm.auto import tqdm
 
 from stablesr.configs import DEFAULT_VAE_TILE_SIZE, UpscaleSettings
 from stablesr.errors import StableSRError
@@ -283,16 +281,3 @@ class StableSRPipeline(SRPipeline):
             return choose_tile(budget, cost=lambda tile: fixed, candidates=[settings.vae_tile_size], what=what)
         candidates = tile_candidates(DEFAULT_VAE_TILE_SIZE, 64, 64)
         return choose_tile(budget, cost=cost, candidates=candidates, what=what)
-
-    @contextmanager
-    def _progress(self, steps: int, progress: bool, callback):
-        """A step callback that advances a progress bar and calls the user's `callback`."""
-        bar_config = {**getattr(self, "_progress_bar_config", {}), "desc": "sampling", "leave": False}
-        bar_config["disable"] = bar_config.get("disable", False) or not progress
-        with tqdm(total=steps, **bar_config) as bar:
-            def on_step(i, t, x, x0_pred):
-                bar.update()
-                if callback is not None:
-                    callback(i, t, x, x0_pred)
-
-            yield on_step
