@@ -371,3 +371,36 @@ def test_preprocess_rejects_bad_input():
         preprocess_lr(torch.zeros(3, 8, 8), upscale=2.0)
     with pytest.raises(ValueError, match="upscale > 0"):
         preprocess_lr(torch.zeros(1, 3, 8, 8), upscale=0.0)
+
+
+@pytest.mark.parametrize("size, scale", [((37, 50), 4), ((25, 37), 4), ((9, 13), 2), ((64, 47), 8), ((1, 3), 4),
+                                         ((3, 2), 4)])
+def test_lazy_upsampling_gives_every_crop_of_the_whole_image_bitwise(size, scale):
+    """Crops interpolate only the LR pixels under them (+2 px context): at power-of-two scales the source
+    positions are exact, so each crop equals the same crop of the whole upsampled, padded image."""
+    from stablesr.imaging import LazyUpsampled, preprocess_lr
+
+    lr = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(sum(size))) * 2.4 - 1.2  # clamped too
+    whole = preprocess_lr(lr, upscale=scale, min_size=1, multiple=8).image
+    lazy = preprocess_lr(lr, upscale=scale, min_size=1, multiple=8, lazy=True)
+    assert isinstance(lazy.image, LazyUpsampled) and lazy.image.shape == whole.shape
+    assert torch.equal(lazy.image.materialize(), whole)
+    height, width = whole.shape[-2:]
+    for rows in ((0, height), (3, min(height, 17)), (height - 5, height), (height // 2, height)):
+        for cols in ((0, width), (width - 7, width), (1, max(2, width // 3))):
+            crop = lazy.image[..., slice(*rows), slice(*cols)]
+            assert torch.equal(crop, whole[..., slice(*rows), slice(*cols)]), (rows, cols)
+    assert lazy.image.to(dtype=torch.float64)[..., 0:2, 0:2].dtype == torch.float64
+
+
+def test_lazy_upsampling_only_at_power_of_two_scales_and_with_slices():
+    from stablesr.imaging import LazyUpsampled, preprocess_lr
+
+    lr = torch.zeros(1, 3, 10, 12)
+    assert torch.is_tensor(preprocess_lr(lr, upscale=3, min_size=1, lazy=True).image)  # inexact positions
+    lazy = preprocess_lr(lr, upscale=4, min_size=1, lazy=True).image
+    assert isinstance(lazy, LazyUpsampled)
+    with pytest.raises(TypeError, match=r"image\[\.\.\., rows, cols\]"):
+        lazy[0]
+    with pytest.raises(ValueError, match="step 1"):
+        lazy[..., 0:10:2, :]

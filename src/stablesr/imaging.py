@@ -375,12 +375,14 @@ def check_output_size(height: int, width: int, upscale: float) -> tuple[int, int
     return out_h, out_w
 
 
-def preprocess_lr(lr: Tensor, *, upscale: float, min_size: int = 512, multiple: int = 8) -> Preprocessed:
+def preprocess_lr(lr: Tensor, *, upscale: float, min_size: int = 512, multiple: int = 8,
+                  lazy: bool = False) -> Preprocessed:
     """Bicubic-upscale the LR image (B, 3, H, W) in [-1, 1] by s = max(min_size / min(H, W), upscale)
     to (int(H*s), int(W*s)) (round down, as the official script: a 49-px side gives 511, not 512),
     clamp, and reflect-pad bottom/right to a multiple of `multiple` (replicate when the pad is
     larger than reflection allows). Example: (1, 3, 37, 50), upscale 4 -> image (1, 3, 152, 200),
-    crop (0, 0, 148, 200), output_size (148, 200)."""
+    crop (0, 0, 148, 200), output_size (148, 200). lazy: at a power-of-two scale, `image` is a
+    `LazyUpsampled` (crops computed on demand, bitwise the same) instead of a tensor."""
     if lr.ndim != 4 or lr.shape[1] != 3:
         raise ValueError(f"preprocess_lr expects a (B, 3, H, W) tensor, got {tuple(lr.shape)}")
     if upscale <= 0 or min_size < 1 or multiple < 1:
@@ -389,15 +391,74 @@ def preprocess_lr(lr: Tensor, *, upscale: float, min_size: int = 512, multiple: 
     check_output_size(height, width, upscale)
     scale = max(min_size / min(height, width), upscale)
     resized_size = (int(height * scale), int(width * scale))
-    resized = F.interpolate(lr, size=resized_size, mode="bicubic", align_corners=False).clamp_(-1, 1)
     pad_bottom, pad_right = (-resized_size[0]) % multiple, (-resized_size[1]) % multiple
     reflect_ok = pad_bottom < resized_size[0] and pad_right < resized_size[1]
+    output_size = (int(height * upscale), int(width * upscale))
+    if lazy and scale in (2, 4, 8, 16):  # power-of-two factors: crops are exact (see LazyUpsampled)
+        image = LazyUpsampled(lr, int(scale), resized_size, (resized_size[0] + pad_bottom, resized_size[1] + pad_right),
+                              reflect=reflect_ok)
+        return Preprocessed(image=image, crop=(0, 0, *resized_size), output_size=output_size)
+    resized = F.interpolate(lr, size=resized_size, mode="bicubic", align_corners=False).clamp_(-1, 1)
     padded = F.pad(resized, (0, pad_right, 0, pad_bottom), mode="reflect" if reflect_ok else "replicate")
-    return Preprocessed(
-        image=padded,
-        crop=(0, 0, *resized_size),
-        output_size=(int(height * upscale), int(width * upscale)),
-    )
+    return Preprocessed(image=padded, crop=(0, 0, *resized_size), output_size=output_size)
+
+
+class LazyUpsampled:
+    """`preprocess_lr(...).image` computed crop by crop from the LR image, never whole: the bicubic
+    upsampling by an integer power of two, clamped to [-1, 1], reflect-padded bottom/right.
+
+    `image[..., rows, cols]` (slices, step 1) is a tensor equal to the same crop of the whole image,
+    bitwise: each crop interpolates the LR rows and columns under it plus 2 px of real context, and at
+    a power-of-two scale torch's source positions (dst + 0.5) / s - 0.5 are exact, so every output
+    pixel has the same taps and weights. Memory: the LR image and one crop. `shape`, `dtype`, `device`
+    and `to(device, dtype)` behave like a tensor's; `materialize()` gives the whole image.
+    """
+
+    CONTEXT = 2  # LR pixels of context on each side of a crop (bicubic reaches 2 source pixels)
+
+    def __init__(self, lr: Tensor, factor: int, resized: tuple[int, int], padded: tuple[int, int], *,
+                 reflect: bool, dtype: torch.dtype | None = None, device: torch.device | None = None) -> None:
+        self.lr, self.factor, self.resized, self.padded, self.reflect = lr, factor, resized, padded, reflect
+        self.dtype = dtype or lr.dtype
+        self.device = torch.device(device) if device is not None else lr.device
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self.lr.shape[:2], *self.padded))
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> LazyUpsampled:
+        return LazyUpsampled(self.lr, self.factor, self.resized, self.padded, reflect=self.reflect,
+                             dtype=dtype or self.dtype, device=device or self.device)
+
+    def float(self) -> Tensor:
+        return self.materialize().float()
+
+    def materialize(self) -> Tensor:
+        return self[..., 0 : self.padded[0], 0 : self.padded[1]]
+
+    def __getitem__(self, key) -> Tensor:
+        if not (isinstance(key, tuple) and len(key) == 3 and key[0] is Ellipsis):
+            raise TypeError(f"index a LazyUpsampled as image[..., rows, cols], got {key!r}")
+        rows, cols = (self._source(index, axis) for axis, index in enumerate(key[1:]))
+        (lr_rows, out_rows), (lr_cols, out_cols) = rows, cols
+        crop = self.lr[..., lr_rows, lr_cols].to(self.device)
+        size = ((lr_rows.stop - lr_rows.start) * self.factor, (lr_cols.stop - lr_cols.start) * self.factor)
+        up = F.interpolate(crop, size=size, mode="bicubic", align_corners=False).clamp_(-1, 1)
+        return up.index_select(-2, out_rows.to(self.device)).index_select(-1, out_cols.to(self.device)).to(self.dtype)
+
+    def _source(self, index: slice, axis: int) -> tuple[slice, Tensor]:
+        """(LR slice to interpolate, indices of the padded positions in that slice's upsampling)."""
+        start, stop, step = index.indices(self.padded[axis])
+        if step != 1 or stop <= start:
+            raise ValueError(f"need a non-empty slice with step 1, got {index}")
+        size = self.resized[axis]
+        positions = torch.arange(start, stop)
+        over = positions >= size  # the padding: reflected (or replicated) resized positions
+        mirrored = 2 * (size - 1) - positions if self.reflect else torch.full_like(positions, size - 1)
+        positions = torch.where(over, mirrored, positions)
+        low = max(int(positions.min()) // self.factor - self.CONTEXT, 0)
+        high = min(int(positions.max()) // self.factor + 1 + self.CONTEXT, self.lr.shape[-2 + axis])
+        return slice(low, high), positions - low * self.factor
 
 
 def postprocess_sr(sr: Tensor, pre: Preprocessed) -> Tensor:

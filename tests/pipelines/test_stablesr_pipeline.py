@@ -7,6 +7,7 @@ from PIL import Image
 
 from conftest import make_tiny_pipeline
 from stablesr.errors import StableSRError
+from stablesr.imaging import LazyUpsampled
 from stablesr.tiling.vae import decode_tiled
 
 FAST = dict(num_inference_steps=3, tile_size=16, tile_overlap=8, output_type="pt", progress=False)
@@ -212,14 +213,17 @@ def test_upscale_to_array_gives_the_integers_of_the_float_path(tiny_pipeline, co
     options = dict(num_inference_steps=1, tile_size=8, tile_overlap=4, vae_tile_size=72, min_size=64,
                    color_fix=color_fix)  # VAE windows of 9 latent px: 2 x 3
     floats = run(tiny_pipeline, image, **options)
-    seen = []
+    seen, whole = [], []
     monkeypatch.setattr(module, "decode_tiled", lambda *a, **k: seen.append(k.get("sink")) or decode_tiled(*a, **k))
+    materialize = LazyUpsampled.materialize
+    monkeypatch.setattr(LazyUpsampled, "materialize", lambda self: whole.append(1) or materialize(self))
     for bit_depth in (8, 16):
         array = tiny_pipeline.upscale_to_array(image, bit_depth=bit_depth, generator=torch.Generator().manual_seed(0),
                                                progress=False, **options)
         assert array.dtype == (np.uint8 if bit_depth == 8 else np.uint16) and array.shape == (100, 148, 3)
         assert np.array_equal(array, np.asarray(tensor_to_pil(floats, bit_depth=bit_depth)))
     assert [sink is not None for sink in seen] == [color_fix != "adain"] * 2  # AdaIN needs the whole image
+    assert len(whole) == (2 if color_fix == "adain" else 0)  # streamed: lr_up (lazy) is never made whole
 
 
 def test_upscale_to_array_refuses_a_batch_and_odd_bit_depths(tiny_pipeline, lr_image):

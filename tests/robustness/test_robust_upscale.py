@@ -113,11 +113,11 @@ def test_an_image_over_the_memory_budget_fails_alone_before_decoding(cli, tmp_pa
     def no_decode(*args, **kwargs):
         raise AssertionError("decoded an image that was refused from its header")
 
-    bomb = tiny_png_bomb(photo.parent / "bomb.png", side=4000)  # 16 MP -> 256 MP at x4: under the MP limit
+    bomb = tiny_png_bomb(photo.parent / "bomb.png", side=4000)  # 16 MP -> 256 MP at x4: under the MP limit, over 2 GB
     monkeypatch.setattr("stablesr.upscaler.load_image", lambda path, **kw: no_decode() if path == bomb
                         else imaging.load_image(path, **kw))
     code, out, err = cli("upscale", photo.parent, "-o", tmp_path / "out", "--model", tiny_model_dir, "--steps", "1",
-                         "--tile-size", "8", "--tile-overlap", "4", "--no-progress", "--max-memory", "8GB")
+                         "--tile-size", "8", "--tile-overlap", "4", "--no-progress", "--max-memory", "2GB")
     assert code == 1 and "1 done, 0 skipped, 1 failed" in out
     assert "bomb.png: StableSR on 4000x4000 (upsampled to 16000x16000) needs" in err and "--max-memory" in err
     assert not (tmp_path / "out" / "bomb.png").exists()

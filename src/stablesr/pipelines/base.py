@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from stablesr.color_fix import WAVELET_LEVELS, apply_color_fix
 from stablesr.configs import UPSCALE_DEFAULTS_FILE, Settings, read_upscale_defaults, resolve_settings
 from stablesr.errors import StableSRError
-from stablesr.image_processor import tensor_to_pil
-from stablesr.imaging import Preprocessed, postprocess_sr
+from stablesr.image_processor import tensor_to_pil, to_model_range
+from stablesr.imaging import LazyUpsampled, Preprocessed, postprocess_sr, preprocess_lr
 from stablesr.tiling.canvas import cropped_sink, quantized_sink
 from stablesr.tiling.rows import RowBandStream, map_row_bands
 
@@ -167,6 +167,19 @@ class SRPipeline(DiffusionPipeline):
 
     def _bars_disabled(self) -> bool:
         return getattr(self, "_progress_bar_config", {}).get("disable", False)
+
+    def upsample_input(self, lr: torch.Tensor, settings: Settings, *, dtype: torch.dtype
+                       ) -> tuple[Preprocessed, torch.Tensor | LazyUpsampled]:
+        """Step 3 of every method: lr (1, 3, H, W) in [0, 1] -> to [-1, 1], bicubic upscale (short side >=
+        min_size), pad to a multiple of the VAE scale: (the `Preprocessed`, lr_up on the device in `dtype`).
+        An image larger than one VAE window stays a `LazyUpsampled` (its tiles, bands and crops computed
+        on demand, bitwise equal) so that no output-sized float image exists; a smaller one is a tensor."""
+        pre = preprocess_lr(to_model_range(lr), upscale=settings.upscale, min_size=settings.min_size,
+                            multiple=self.vae_scale_factor, lazy=True)
+        lr_up = pre.image.to(self.device, dtype)  # (1, 3, H, W)
+        if isinstance(lr_up, LazyUpsampled) and max(lr_up.shape[-2:]) <= settings.vae_encode_tiles[0]:
+            lr_up = lr_up.materialize()
+        return pre, lr_up
 
     @staticmethod
     def can_stream(settings: Settings, pre: Preprocessed | None = None) -> bool:

@@ -32,9 +32,7 @@ from stablesr.image_processor import (
     ImageInput,
     OutputType,
     postprocess_images,
-    to_model_range,
 )
-from stablesr.imaging import preprocess_lr
 from stablesr.models.controlnet import ConditionEncoder, ControlledUNet, LAControlNet, LatentControlNet
 from stablesr.models.text_encoder import PromptEmbeddings
 from stablesr.pipelines.base import SRPipeline
@@ -188,10 +186,8 @@ class CCSRPipeline(SRPipeline):
         vae_dtype, scaling = self.vae.dtype, self.vae.config.scaling_factor
 
         # 3. Preprocess: to [-1, 1], bicubic upscale (short side >= min_size), pad to a multiple of 8
-        pre = preprocess_lr(to_model_range(lr), upscale=settings.upscale, min_size=settings.min_size,
-                            multiple=self.vae_scale_factor)
         encoder = self.cond_encoder if self.version == "v1" else self.vae
-        lr_up = pre.image.to(self.device, encoder.dtype)  # (1, 3, H, W)
+        pre, lr_up = self.upsample_input(lr, settings, dtype=encoder.dtype)  # lr_up (1, 3, H, W)
 
         # 4. Condition latent, tiled for bounded memory: v1 c = mode(E_cond(lr_up)) * scaling; v2 a VAE sample
         encode_tile, encode_overlap = settings.vae_encode_tiles

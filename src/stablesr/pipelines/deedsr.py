@@ -23,9 +23,7 @@ from stablesr.image_processor import (
     ImageInput,
     OutputType,
     postprocess_images,
-    to_model_range,
 )
-from stablesr.imaging import preprocess_lr
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.models.deedsr_adapter import DeeDSRModule, DeeDSRUNet
 from stablesr.models.degradation_learner import DegradationLearner
@@ -126,9 +124,7 @@ class DeeDSRPipeline(SRPipeline):
         degradation_vector = deedsr_unet.degradation_vector(lr.to(device))  # (1, vector_dim)
 
         # 3. Preprocess: to [-1, 1], bicubic upscale (short side >= min_size), pad to a multiple of 8
-        pre = preprocess_lr(to_model_range(lr), upscale=settings.upscale, min_size=settings.min_size,
-                            multiple=self.vae_scale_factor)
-        lr_up = pre.image.to(device, vae_dtype)  # (1, 3, H, W)
+        pre, lr_up = self.upsample_input(lr, settings, dtype=vae_dtype)  # lr_up (1, 3, H, W)
 
         # 4. Encode the LR image: z_lr = scaling * sample(q(z | lr_up)), tiled
         encode_tile, encode_overlap = settings.vae_encode_tiles

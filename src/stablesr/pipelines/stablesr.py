@@ -26,9 +26,7 @@ from stablesr.image_processor import (
     ImageInput,
     OutputType,
     postprocess_images,
-    to_model_range,
 )
-from stablesr.imaging import preprocess_lr
 from stablesr.models.cfw_autoencoder import CFWAutoencoderKL
 from stablesr.models.sft_unet import SFTUNet, StableSRModule
 from stablesr.models.text_encoder import OFFICIAL_NEGATIVE_PROMPT, PromptEmbeddings, known_prompt_tokens
@@ -62,6 +60,9 @@ IMAGE_BYTES_PER_PIXEL = 48
 # The same when the decode streams into an integer array (`upscale_to_array`): lr_up (12 B in float32)
 # and, while it is made, its unpadded copy (12 B); the uint8/uint16 output (3-6 B) comes after that copy.
 STREAMING_BYTES_PER_PIXEL = 24
+# Streaming at a power-of-two scale, where lr_up is a `LazyUpsampled` (computed crop by crop): only the
+# latents (4 channels per 8x8 pixels, a few copies) grow with the image; the output is counted by the caller.
+LAZY_STREAMING_BYTES_PER_PIXEL = 2
 
 
 @dataclass
@@ -207,15 +208,13 @@ class StableSRPipeline(SRPipeline):
                      progress: bool, callback, bit_depth: int | None = None) -> torch.Tensor | np.ndarray:
         """Steps 3-6 for one (1, 3, H, W) image in [0, 1] -> (1, 3, H*s, W*s) in [0, 1] on the CPU, or with a
         `bit_depth` the (H*s, W*s, 3) integer array (streamed where it can be; see `upscale_to_array`)."""
-        device, vae_dtype = self.device, self.vae.dtype
+        vae_dtype = self.vae.dtype
         scaling = self.vae.config.scaling_factor
         tile = self.plan_memory(*lr.shape[-2:], settings, streaming=bit_depth is not None)
         settings = replace(settings, vae_tile_size=tile)
 
         # 3. Preprocess: to [-1, 1], bicubic upscale (short side >= min_size), pad to a multiple of 8
-        pre = preprocess_lr(to_model_range(lr), upscale=settings.upscale, min_size=settings.min_size,
-                            multiple=self.vae_scale_factor)
-        lr_up = pre.image.to(device, vae_dtype)  # (1, 3, H, W)
+        pre, lr_up = self.upsample_input(lr, settings, dtype=vae_dtype)  # lr_up (1, 3, H, W)
 
         # 4. Encode the LR image: z_lr = scaling * sample(q(z | lr_up)), tiled for bounded memory
         # One window each way: the CFW features come from this encoder pass, not a second one at the decode
@@ -255,7 +254,8 @@ class StableSRPipeline(SRPipeline):
         """The VAE tile size in pixels for an LR image of height x width: `settings.vae_tile_size` when
         set, else the largest multiple of 64 up to DEFAULT_VAE_TILE_SIZE whose encoder and decoder tile
         plus the image-sized buffers (per pixel of the upsampled image: IMAGE_BYTES_PER_PIXEL, or
-        STREAMING_BYTES_PER_PIXEL when `streaming` into an integer array and `can_stream`; plus
+        STREAMING_BYTES_PER_PIXEL when `streaming` into an integer array and `can_stream`, or
+        LAZY_STREAMING_BYTES_PER_PIXEL when lr_up is then lazy too; plus
         `input_bytes`) fit `settings.max_memory`. MemoryBudgetError, before any image-sized allocation,
         when the buffers with the smallest tile (64 px) do not fit."""
         scale = max(settings.min_size / min(height, width), settings.upscale)
@@ -264,20 +264,26 @@ class StableSRPipeline(SRPipeline):
         channels, dtype = self.vae.config.block_out_channels, self.vae.dtype
         encode_pixel, decode_pixel = encoder_bytes_per_pixel(channels, dtype), decoder_bytes_per_pixel(channels, dtype)
         streams = streaming and self.can_stream(settings) and scale == settings.upscale
-        per_pixel = STREAMING_BYTES_PER_PIXEL if streams else IMAGE_BYTES_PER_PIXEL
-        fixed = per_pixel * up_h * up_w + input_bytes
+        bands = 0
         if settings.color_fix == "wavelet":
             band = color_fix_band_rows(up_w) + 2 * WAVELET_REACH
-            fixed += COLOR_FIX_LIVE_COPIES * band_bytes(min(band, up_h), up_w, 3, 4)
+            bands = COLOR_FIX_LIVE_COPIES * band_bytes(min(band, up_h), up_w, 3, 4)
+
+        def fixed(tile: int) -> float:
+            per_pixel = IMAGE_BYTES_PER_PIXEL
+            if streams:  # lr_up is lazy when the image is over one window (see `upsample_input`)
+                lazy = scale in (2, 4, 8, 16) and max(up_h, up_w) > tile
+                per_pixel = LAZY_STREAMING_BYTES_PER_PIXEL if lazy else STREAMING_BYTES_PER_PIXEL
+            return per_pixel * up_h * up_w + input_bytes + bands
 
         def cost(tile: int) -> float:
             tile_h, tile_w = min(tile, up_h), min(tile, up_w)
             decode = decode_pixel * tile_h * tile_w + band_bytes(tile_h, up_w, 3, dtype.itemsize)
-            return fixed + max(encode_pixel * tile_h * tile_w, decode)
+            return fixed(tile) + max(encode_pixel * tile_h * tile_w, decode)
 
         budget = Budget.resolve(settings.max_memory, self.device)
         what = f"StableSR on {width}x{height} (upsampled to {up_w}x{up_h})"
         if settings.vae_tile_size is not None:
-            return choose_tile(budget, cost=lambda tile: fixed, candidates=[settings.vae_tile_size], what=what)
+            return choose_tile(budget, cost=fixed, candidates=[settings.vae_tile_size], what=what)
         candidates = tile_candidates(DEFAULT_VAE_TILE_SIZE, 64, 64)
         return choose_tile(budget, cost=cost, candidates=candidates, what=what)
