@@ -259,3 +259,28 @@ def test_one_window_reuses_the_encoder_features_bit_identically(tiny_pipeline, l
     monkeypatch.setattr(vae, "encode_with_features", lambda image: (vae.encode(image).latent_dist, None))
     recomputed = run(tiny_pipeline, lr_image, fidelity=0.5)
     assert calls == [1] and torch.equal(reused, recomputed)
+
+
+def test_cpu_kernels_swap_the_linear_layers_and_keep_the_result(lr_image, monkeypatch):
+    from torch import nn
+
+    from stablesr.models import cpu_kernels
+    from stablesr.models.cpu_kernels import ConvLinear
+
+    conv_calls = []
+    original = cpu_kernels.conv_linear
+    monkeypatch.setattr(cpu_kernels, "conv_linear", lambda *args: conv_calls.append(args[0].shape) or original(*args))
+    pipe = make_tiny_pipeline(0)
+    components = [pipe.unet, pipe.sr_module, pipe.vae]
+    pipe.cpu_kernels = False
+    plain = run(pipe, lr_image)
+    assert not conv_calls and not any(type(m) is ConvLinear for c in components for m in c.modules())
+    pipe.cpu_kernels = True
+    fast = run(pipe, lr_image)
+    kinds = [type(m) for c in components for m in c.modules() if isinstance(m, nn.Linear)]
+    assert kinds and set(kinds) == {ConvLinear}
+    assert conv_calls and all(shape[-2] >= cpu_kernels.MIN_ROWS for shape in conv_calls)
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)  # another summation order: float rounding
+    pipe.cpu_kernels = False
+    conv_calls.clear()
+    assert torch.equal(run(pipe, lr_image), plain) and not conv_calls  # torch's own linear layers again

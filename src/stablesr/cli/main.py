@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
 
+    from stablesr.models.cpu_kernels import tune_cpu_allocator
+
+    if getattr(args, "tune_allocator", True):
+        tune_cpu_allocator()  # this process is ours: keep freed activations for reuse (STABLESR_MALLOC_TUNING=0: off)
     try:
         return int(modules[args.command].run(args) or 0)
     except StableSRError as error:  # one clear line for the user, no traceback
