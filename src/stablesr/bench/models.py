@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time whole aggregated steps over all tiles instead of summing tile batches")
     parser.add_argument("--guidance", action="store_true",
                         help="also time the one-tile step with classifier-free guidance (a batch of 2)")
+    parser.add_argument("--torch-kernels", action="store_true",
+                        help="run our phases with torch's own linear layers, not the pipeline's CPU kernels")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--seed", type=int, default=0)
 
@@ -108,6 +110,7 @@ class Phases:
         self.sft_unet = SFTUNet(unet, sr_module)
         self.tile_fn = make_guided_tile_fn(self.sft_unet, self.context, None, 1.0)
         self.t = 999
+        self.cpu_kernels = True
         self.calls: dict[str, object] = {}
         self.derived: dict[str, list[tuple[str, int]]] = {}
 
@@ -182,7 +185,13 @@ class Phases:
                         cond_features=f))
 
     def run(self, name: str) -> float:
-        """Seconds of one call of phase `name`."""
+        """Seconds of one call of phase `name`. Our phases run with the pipeline's CPU kernels (`ConvLinear`,
+        unless `cpu_kernels` is off); the baseline and the plain AutoencoderKL decode with torch's own."""
+        from stablesr.models.cpu_kernels import use_conv_linears
+
+        ours = self.cpu_kernels and name != BASELINE and "plain AutoencoderKL" not in name
+        for module in (self.unet, self.sr_module, self.vae):
+            use_conv_linears(module, ours)
         return timed(self.calls[name], self.device)
 
 
@@ -217,8 +226,12 @@ def run(args: argparse.Namespace) -> int:
     params = [sum(p.numel() for p in m.parameters()) / 1e6 for m in (unet, sr_module, vae)]
     print(f"models ({args.size}, random weights, built in {time.perf_counter() - start:.1f} s): "
           f"UNet {params[0]:.1f} M, SR module (encoder + SFT) {params[1]:.1f} M, CFW VAE {params[2]:.1f} M parameters")
+    from stablesr.models.cpu_kernels import allocator_tuned
+
     print(f"device {device}, threads {torch.get_num_threads()}, {args.rounds} interleaved rounds (median, min-max); "
-          f"latent tile {TILE}, overlap {OVERLAP}, {args.tile_batch_size} tiles per call; VAE in fp32")
+          f"latent tile {TILE}, overlap {OVERLAP}, {args.tile_batch_size} tiles per call; VAE in fp32; "
+          f"our linear layers: {'torch' if args.torch_kernels else 'ConvLinear on CPU'}; "
+          f"allocator {'tuned' if allocator_tuned() else 'as started'} (all phases)")
     with torch.no_grad():
         return _run(args, unet, sr_module, vae, [(name, dtypes[name]) for name in names], device, image_sizes,
                     decode_sizes, runtime_mb)
@@ -231,6 +244,7 @@ def _run(args, unet, sr_module, vae, dtypes, device, image_sizes, decode_sizes, 
     phases = {}
     for (name, dtype), models in zip(dtypes, copies):  # copies taken before any hook or cast
         phases[name] = Phases(*(m.to(dtype=dtype) for m in models), vae, dtype=dtype, device=device, seed=args.seed)
+        phases[name].cpu_kernels = not args.torch_kernels
         phases[name].add_steps(image_sizes, args.tile_batch_size, args.whole_steps)
         if args.guidance:
             phases[name].add_guided_step()

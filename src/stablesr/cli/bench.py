@@ -14,6 +14,7 @@ TARGETS = {
     "train": ("stablesr.bench.train", "stage-1 training steps/s and peak memory"),
     "metrics": ("stablesr.bench.metrics", "seconds per image of each evaluation metric"),
     "nano": ("stablesr.bench.nano", "the bundled model end to end vs Real-ESRGAN (time, peak memory)"),
+    "official": ("stablesr.bench.official", "our step vs the official StableSR step (needs a checkout of it)"),
     "decode": ("stablesr.bench.decode", "VAE decode time and peak memory by output size and --max-memory budget"),
 }
 
