@@ -106,6 +106,15 @@ def tune_cpu_allocator() -> bool:
     return _allocator_tuned
 
 
+def release_free_memory() -> bool:
+    """Give the heap's free pages back to the OS (glibc `malloc_trim(0)`), so that a following RSS probe
+    sees a call's own growth rather than reusing what an earlier call freed. False where unavailable."""
+    try:
+        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def allocator_tuned() -> bool:
     """Whether `tune_cpu_allocator` has been applied in this process."""
     return _allocator_tuned
