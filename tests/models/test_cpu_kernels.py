@@ -120,3 +120,48 @@ def test_allocator_tuning_without_mallopt(monkeypatch):
     monkeypatch.delenv(cpu_kernels.ALLOCATOR_ENV, raising=False)
     monkeypatch.setattr(cpu_kernels.ctypes, "CDLL", no_libc)
     assert cpu_kernels.tune_cpu_allocator() is False
+
+
+def _conv_model() -> nn.Module:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.SiLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1),
+                          nn.Conv2d(16, 12, 1, bias=False), nn.Flatten(2), nn.Linear(16, 24), nn.Linear(24, 8))
+    use_conv_linears(model)
+    return model.eval()
+
+
+def test_packed_weights_compute_the_same_and_come_back_bit_for_bit():
+    from stablesr.models.cpu_kernels import PackedConv2d, PackedConvLinear, packed_weights
+
+    model = _conv_model()
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    x = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = model(x)
+        with packed_weights([model], min_bytes=0) as packed:
+            assert len(packed.layers) == 5
+            assert [type(model[i]) for i in (0, 2, 3, 5, 6)] == [PackedConv2d] * 3 + [PackedConvLinear] * 2
+            assert model[0].weight.numel() == 0  # the plain copy is released while packed
+            out = model(x)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+        assert out.is_contiguous()
+    assert [type(model[i]) for i in (0, 2, 3)] == [nn.Conv2d] * 3 and type(model[5]) is ConvLinear
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in state.items())
+    assert not hasattr(model[0], "_packed_weight")
+
+
+def test_packed_weights_pick_large_layers_refuse_autograd_and_restore_on_error():
+    from stablesr.models.cpu_kernels import packed_weights
+
+    model = _conv_model()
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    small = 16 * 16 * 3 * 3 * 4  # bytes of model[2]'s weight: the only layer at least this large
+    with packed_weights([model], min_bytes=small) as packed:
+        assert [layer for layer, _, _ in packed.layers] == [model[2]]
+    x = torch.randn(1, 8, 8, 8)
+    with pytest.raises(RuntimeError, match="inference only"), packed_weights([model], min_bytes=0):
+        model(x)  # autograd is on: a packed layer has no backward
+    with pytest.raises(KeyError), packed_weights([model], min_bytes=0):
+        raise KeyError("an error inside the context")
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in state.items())
+    assert all(type(layer) in (nn.Conv2d, ConvLinear, nn.SiLU, nn.Flatten, nn.Sequential) for layer in model.modules())

@@ -284,3 +284,27 @@ def test_cpu_kernels_swap_the_linear_layers_and_keep_the_result(lr_image, monkey
     pipe.cpu_kernels = False
     conv_calls.clear()
     assert torch.equal(run(pipe, lr_image), plain) and not conv_calls  # torch's own linear layers again
+
+
+def test_long_runs_pack_the_denoiser_weights_and_restore_them(lr_image, monkeypatch):
+    from stablesr.models import cpu_kernels
+
+    packed_calls = []
+    original = cpu_kernels._packed_conv
+    monkeypatch.setattr(cpu_kernels, "_packed_conv", lambda x, layer: packed_calls.append(layer) or original(x, layer))
+    monkeypatch.setattr(cpu_kernels, "PACK_MIN_BYTES", 0)  # the tiny model's layers are all small
+    pipe = make_tiny_pipeline(0)
+    state = {key: value.clone() for key, value in pipe.unet.state_dict().items()}
+    steps = cpu_kernels.PACK_MIN_STEPS
+    pipe.cpu_kernels = False
+    plain = run(pipe, lr_image, num_inference_steps=steps)
+    assert not packed_calls
+    pipe.cpu_kernels = True
+    fast = run(pipe, lr_image, num_inference_steps=steps)
+    packed_layers = {id(layer) for layer in packed_calls}
+    assert packed_layers and all(id(m) not in packed_layers for m in pipe.vae.modules())  # the VAE stays plain
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4)
+    assert all(torch.equal(pipe.unet.state_dict()[key], value) for key, value in state.items())
+    packed_calls.clear()
+    run(pipe, lr_image, num_inference_steps=steps - 1)  # a short run is not worth packing
+    assert not packed_calls

@@ -122,11 +122,20 @@ class SRPipeline(DiffusionPipeline):
         return sum(use_conv_linears(component, enable) for component in self.components.values()
                    if isinstance(component, torch.nn.Module))
 
-    def upscale_each(self, lr_images: list, upscale_one: Callable, *, hooked=None) -> list:
+    def upscale_each(self, lr_images: list, upscale_one: Callable, *, hooked=None, steps: int = 0) -> list:
         """`upscale_one(lr)` for every image; then the hooks of `hooked` (a UNet wrapper) are removed, even on
-        an error, and diffusers' offload hooks are reset."""
+        an error, and diffusers' offload hooks are reset. With the CPU kernels on and at least
+        `PACK_MIN_STEPS` denoising `steps`, the large weights of the denoiser (every component but the VAE
+        and the text encoder) stay packed for oneDNN meanwhile (`cpu_kernels.packed_weights`)."""
+        from stablesr.models.cpu_kernels import PACK_MIN_STEPS, packed_weights
+
+        denoisers = []
+        if self.cpu_kernels and self.device.type == "cpu" and steps >= PACK_MIN_STEPS:
+            denoisers = [component for name, component in self.components.items()
+                         if isinstance(component, torch.nn.Module) and name not in ("vae", "text_encoder")]
         try:
-            return [upscale_one(lr) for lr in lr_images]
+            with packed_weights(denoisers):
+                return [upscale_one(lr) for lr in lr_images]
         finally:
             if hooked is not None:
                 hooked.remove_hooks()

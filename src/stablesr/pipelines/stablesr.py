@@ -191,7 +191,7 @@ class StableSRPipeline(SRPipeline):
         sft_unet, tile_fn = self._denoiser(settings)
         return self.upscale_each(lr_images, lambda lr: self._upscale_one(
             lr, settings, tile_fn, noise_sampler=noise_sampler, progress=progress, callback=callback,
-            bit_depth=bit_depth), hooked=sft_unet)
+            bit_depth=bit_depth), hooked=sft_unet, steps=settings.num_inference_steps)
 
     def _denoiser(self, settings: UpscaleSettings) -> tuple[SFTUNet, Callable]:
         """Step 2: the prompt embeddings (cond = prompt; uncond = negative prompt, only with guidance) and the
