@@ -36,3 +36,36 @@ def test_bench_metrics_image_pair_is_close_but_not_equal():
     sr, gt = photo_like(96, 128)
     assert sr.shape == gt.shape == (96, 128, 3) and sr.dtype == np.uint8
     assert 30 < psnr(sr, gt, channel="rgb") < 40  # Gaussian noise of sigma 4: about 36 dB
+
+
+def test_bench_official_names_what_is_missing(tmp_path, capsys):
+    assert main(["bench", "official", "--official-repo", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "not a checkout of the official StableSR code" in error
+    assert "openaimodel.py" in error and "v2-finetune_text_T_512.yaml" in error
+
+
+def test_bench_official_rrdb_stand_in_is_the_published_block(monkeypatch):
+    """The stand-in for BasicSR's RRDB (plain concatenations) computes what our RRDB computes, bit for bit."""
+    import sys
+
+    import torch
+
+    from stablesr.bench.official import _install_basicsr_stand_in
+    from stablesr.models.rrdb import RRDB
+
+    for name in [name for name in sys.modules if name == "basicsr" or name.startswith("basicsr.")]:
+        monkeypatch.delitem(sys.modules, name)
+    _install_basicsr_stand_in()
+    try:
+        stand_in_class = sys.modules["basicsr.archs.rrdbnet_arch"].RRDB
+        blocks = sys.modules["basicsr.archs.arch_util"].make_layer(stand_in_class, 2, num_feat=16, num_grow_ch=8)
+    finally:
+        for name in [name for name in sys.modules if name == "basicsr" or name.startswith("basicsr.")]:
+            del sys.modules[name]
+    ours = torch.nn.Sequential(RRDB(16, 8), RRDB(16, 8))
+    ours.load_state_dict(blocks.state_dict())
+    x = torch.randn(1, 16, 12, 10, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(blocks(x), ours(x))
+        assert not torch.equal(blocks(x), x)

@@ -20,6 +20,8 @@ formula, no shared buffer) takes its place. Rows, each timed in interleaved roun
 - official: the official modules as they are;
 - ours, torch kernels: our modules with torch's own linear layers (`cpu_kernels` off);
 - ours: with `ConvLinear` (oneDNN) on CPU, as the pipeline runs;
+- ours, packed weights: also with the large weights packed for oneDNN, as a pipeline run of 20 or more
+  steps holds them (the step alone is timed; the packing, once per run, is printed apart);
 - bare diffusers UNet: the untouched UNet2DConditionModel, no encoder or SFT (the baseline of `bench models`).
 
 All rows run twice: first with glibc's allocator as a process starts (what a user of the official code
@@ -149,6 +151,28 @@ def _weights_mb(*modules) -> float:
     return sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) / 2**20
 
 
+class PackedStep:
+    """The step inside `packed_weights`, as a pipeline run of PACK_MIN_STEPS or more steps makes it. Packing
+    and unpacking happen once per run, not per step, so the call records the step's own seconds
+    (`seconds`) and the packing's (`overhead`) apart."""
+
+    def __init__(self, step, modules) -> None:
+        self.step, self.modules = step, modules
+        self.seconds = self.overhead = 0.0
+
+    def __call__(self):
+        from stablesr.models.cpu_kernels import packed_weights
+
+        began = time.perf_counter()
+        with packed_weights(self.modules):
+            packed = time.perf_counter()
+            out = self.step()
+            self.seconds = time.perf_counter() - packed
+            unpacking = time.perf_counter()
+        self.overhead = (packed - began) + (time.perf_counter() - unpacking)
+        return out
+
+
 def _with_conv_linears(fn, modules, enable: bool):
     """fn run with our linear layers as ConvLinear (enable) or torch's own, then torch's own again."""
     from stablesr.models.cpu_kernels import use_conv_linears
@@ -161,6 +185,7 @@ def _with_conv_linears(fn, modules, enable: bool):
         finally:
             for module in modules:
                 use_conv_linears(module, False)
+    call.inner = fn
     return call
 
 
@@ -201,10 +226,11 @@ def build_step(official, configs, args) -> Group:
 
     rows = {"official": official_step, "ours, torch kernels": _with_conv_linears(our_step, [sft_unet], False),
             "ours": _with_conv_linears(our_step, [sft_unet], True),
+            "ours, packed weights": _with_conv_linears(PackedStep(our_step, [sft_unet]), [sft_unet], True),
             "bare diffusers UNet": lambda: unet(x_t, t, context).sample}
     ours_mb = _weights_mb(unet, sr_module)
     own = {"official": _weights_mb(official_unet, official_encoder), "ours, torch kernels": ours_mb, "ours": ours_mb,
-           "bare diffusers UNet": _weights_mb(unet)}
+           "ours, packed weights": ours_mb, "bare diffusers UNet": _weights_mb(unet)}
     return Group(f"step {size * 8} (encoder + UNet with SFT)", rows, own)
 
 
@@ -258,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
 
     from stablesr.bench.memory import PeakMemory
     from stablesr.errors import StableSRError
-    from stablesr.models.cpu_kernels import release_free_memory, tune_cpu_allocator
+    from stablesr.models.cpu_kernels import PACK_MIN_STEPS, release_free_memory, tune_cpu_allocator
 
     device = torch.device("cpu")
     start = time.perf_counter()
@@ -276,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
                                     "computation, nothing timed")
         times: dict[tuple, list[float]] = {}
         peaks: dict[tuple, float] = {}
+        overheads: list[float] = []
         for block in ("default", "tuned"):
             if block == "tuned" and not tune_cpu_allocator():
                 print("allocator tuning not available here (not glibc, or STABLESR_MALLOC_TUNING=0)")
@@ -293,8 +320,16 @@ def run(args: argparse.Namespace) -> int:
                     for row, call in group.rows.items():
                         began = time.perf_counter()
                         call()
-                        times.setdefault((group.title, block, row), []).append(time.perf_counter() - began)
+                        seconds = time.perf_counter() - began
+                        inner = getattr(call, "inner", None)
+                        if isinstance(inner, PackedStep):  # the step alone; the packing is reported apart
+                            seconds = inner.seconds
+                            overheads.append(inner.overhead)
+                        times.setdefault((group.title, block, row), []).append(seconds)
     _print_table(groups, times, peaks)
+    if overheads:
+        print(f"packing + unpacking the weights, once per pipeline run of {PACK_MIN_STEPS}+ steps: "
+              f"{statistics.median(overheads):.2f} s (median)")
     return 0
 
 
