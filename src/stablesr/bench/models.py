@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also time the one-tile step with classifier-free guidance (a batch of 2)")
     parser.add_argument("--torch-kernels", action="store_true",
                         help="run our phases with torch's own linear layers, not the pipeline's CPU kernels")
+    parser.add_argument("--no-packing", action="store_true",
+                        help="time our steps without the packed weights a pipeline run of 20+ steps uses on CPU")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--seed", type=int, default=0)
 
@@ -111,6 +113,7 @@ class Phases:
         self.tile_fn = make_guided_tile_fn(self.sft_unet, self.context, None, 1.0)
         self.t = 999
         self.cpu_kernels = True
+        self.packing = True
         self.calls: dict[str, object] = {}
         self.derived: dict[str, list[tuple[str, int]]] = {}
 
@@ -186,13 +189,16 @@ class Phases:
 
     def run(self, name: str) -> float:
         """Seconds of one call of phase `name`. Our phases run with the pipeline's CPU kernels (`ConvLinear`,
-        unless `cpu_kernels` is off); the baseline and the plain AutoencoderKL decode with torch's own."""
-        from stablesr.models.cpu_kernels import use_conv_linears
+        unless `cpu_kernels` is off; the steps with packed weights too, as a pipeline run of 20 or more steps
+        holds them, unless `packing` is off); the baseline and the plain AutoencoderKL decode with torch's own."""
+        from stablesr.models.cpu_kernels import packed_weights, use_conv_linears
 
         ours = self.cpu_kernels and name != BASELINE and "plain AutoencoderKL" not in name
         for module in (self.unet, self.sr_module, self.vae):
             use_conv_linears(module, ours)
-        return timed(self.calls[name], self.device)
+        packed = ours and self.packing and self.device.type == "cpu" and name.startswith(("step", "tile"))
+        with packed_weights([self.unet, self.sr_module] if packed else []):  # packing itself is not timed
+            return timed(self.calls[name], self.device)
 
 
 def step_error(reference, other, *, device, seed: int) -> tuple[float, float, float]:
@@ -231,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"device {device}, threads {torch.get_num_threads()}, {args.rounds} interleaved rounds (median, min-max); "
           f"latent tile {TILE}, overlap {OVERLAP}, {args.tile_batch_size} tiles per call; VAE in fp32; "
           f"our linear layers: {'torch' if args.torch_kernels else 'ConvLinear on CPU'}; "
+          f"our steps' large fp32 weights: {'plain' if args.no_packing or args.torch_kernels else 'packed'}; "
           f"allocator {'tuned' if allocator_tuned() else 'as started'} (all phases)")
     with torch.no_grad():
         return _run(args, unet, sr_module, vae, [(name, dtypes[name]) for name in names], device, image_sizes,
@@ -245,6 +252,7 @@ def _run(args, unet, sr_module, vae, dtypes, device, image_sizes, decode_sizes, 
     for (name, dtype), models in zip(dtypes, copies):  # copies taken before any hook or cast
         phases[name] = Phases(*(m.to(dtype=dtype) for m in models), vae, dtype=dtype, device=device, seed=args.seed)
         phases[name].cpu_kernels = not args.torch_kernels
+        phases[name].packing = not args.no_packing
         phases[name].add_steps(image_sizes, args.tile_batch_size, args.whole_steps)
         if args.guidance:
             phases[name].add_guided_step()
