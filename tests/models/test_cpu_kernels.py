@@ -165,3 +165,17 @@ def test_packed_weights_pick_large_layers_refuse_autograd_and_restore_on_error()
         raise KeyError("an error inside the context")
     assert all(torch.equal(model.state_dict()[key], value) for key, value in state.items())
     assert all(type(layer) in (nn.Conv2d, ConvLinear, nn.SiLU, nn.Flatten, nn.Sequential) for layer in model.modules())
+
+
+def test_make_resident_reads_weights_without_changing_them(tmp_path):
+    """A safetensors-loaded module (memory-mapped) is read page by page; its values are untouched."""
+    from safetensors.torch import load_file, save_file
+
+    from stablesr.pipelines.base import make_resident
+
+    model = _conv_model()
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, tmp_path / "w.safetensors")
+    loaded = _conv_model()
+    loaded.load_state_dict(load_file(tmp_path / "w.safetensors"), assign=True)
+    make_resident([loaded, "not a module", None, torch.nn.Identity()])
+    assert all(torch.equal(loaded.state_dict()[key], value) for key, value in model.state_dict().items())
