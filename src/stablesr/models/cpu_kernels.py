@@ -49,10 +49,14 @@ def conv_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     inputs (rows transposed from a (B, C, H, W) map) give a contiguous output too, as F.linear does,
     which is what the attention kernels after it need.
     """
+    return _rows_as_image(x, weight.shape[0], lambda image: F.conv2d(image, weight[:, :, None, None], bias))
+
+
+def _rows_as_image(x: torch.Tensor, out_features: int, conv) -> torch.Tensor:
+    """conv((B, C_in, N, 1) channels-last view of the rows of x) -> (..., N, out_features), contiguous."""
     rows = x.reshape(-1, x.shape[-2], x.shape[-1])  # (B, N, C_in), a view for contiguous x
-    image = rows.unsqueeze(2).permute(0, 3, 1, 2)  # (B, C_in, N, 1), channels-last strides
-    out = F.conv2d(image, weight[:, :, None, None], bias)  # (B, C_out, N, 1), in image's layout
-    out = out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], weight.shape[0])
+    out = conv(rows.unsqueeze(2).permute(0, 3, 1, 2))  # (B, C_out, N, 1), channels-last for contiguous x
+    out = out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], out_features)
     return out if out.is_contiguous() else out.contiguous()
 
 
@@ -99,10 +103,8 @@ def tune_cpu_allocator() -> bool:
         return True
     if os.environ.get(ALLOCATOR_ENV, "1") == "0":
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return False  # not glibc (macOS, Windows, musl without mallopt)
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _allocator_tuned = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
@@ -113,10 +115,16 @@ def tune_cpu_allocator() -> bool:
 def release_free_memory() -> bool:
     """Give the heap's free pages back to the OS (glibc `malloc_trim(0)`), so that a following RSS probe
     sees a call's own growth rather than reusing what an earlier call freed. False where unavailable."""
+    malloc_trim = _libc_function("malloc_trim")
+    return malloc_trim is not None and bool(malloc_trim(0))
+
+
+def _libc_function(name: str):
+    """The C library's function `name`, or None where there is no such library or function."""
     try:
-        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
-        return False
+        return None
 
 
 def allocator_tuned() -> bool:
@@ -129,8 +137,9 @@ PACK_MIN_BYTES = 16 * 2**20  # layers this large are weight-bound on the UNet's 
 PACK_MIN_STEPS = 20  # packing and unpacking cost about one step: worth it from this many steps on
 
 
-def _pack(weight: torch.Tensor, layer: nn.Conv2d, input_size: list[int]) -> torch.Tensor:
-    """The oneDNN blocked copy of a (C_out, C_in, kh, kw) fp32 weight, as its convolution reads it."""
+def _pack(weight: torch.Tensor, layer, input_size: list[int]) -> torch.Tensor:
+    """The oneDNN blocked copy of a (C_out, C_in, kh, kw) fp32 weight, as the convolution of `layer` (its
+    padding, stride, dilation, groups) reads it."""
     return torch._C._nn.mkldnn_reorder_conv2d_weight(
         weight.to_mkldnn(), list(layer.padding), list(layer.stride), list(layer.dilation), layer.groups, input_size)
 
@@ -153,13 +162,10 @@ class PackedConv2d(nn.Conv2d):
 class PackedConvLinear(ConvLinear):
     """A ConvLinear whose weight lives in oneDNN's blocked layout while `packed_weights` is active."""
 
-    padding, stride, dilation, groups = (0, 0), (1, 1), (1, 1), 1
+    padding, stride, dilation, groups = (0, 0), (1, 1), (1, 1), 1  # a 1x1 convolution's geometry
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-2], x.shape[-1])
-        out = _packed_conv(rows.unsqueeze(2).permute(0, 3, 1, 2), self)  # (B, C_out, N, 1), channels-last
-        out = out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], self.out_features)
-        return out if out.is_contiguous() else out.contiguous()
+        return _rows_as_image(x, self.out_features, lambda image: _packed_conv(image, self))
 
 
 def _packable(layer: nn.Module, min_bytes: int) -> bool:
