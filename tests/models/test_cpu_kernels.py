@@ -171,7 +171,7 @@ def test_make_resident_reads_weights_without_changing_them(tmp_path):
     """A safetensors-loaded module (memory-mapped) is read page by page; its values are untouched."""
     from safetensors.torch import load_file, save_file
 
-    from stablesr.pipelines.base import make_resident
+    from stablesr.weights.loading import make_resident
 
     model = _conv_model()
     save_file({key: value.contiguous() for key, value in model.state_dict().items()}, tmp_path / "w.safetensors")

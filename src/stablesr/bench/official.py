@@ -11,11 +11,12 @@ anything is timed.
 One step = time-aware encoder + UNet with SFT, one 64x64 latent (512x512 output), fp32, no guidance.
 With `--decode`, also the CFW decode of that latent at fidelity 0.5 on the encoder features of a
 512x512 image: the official `Encoder` + `Decoder_Mix` (built from
-`configs/autoencoder/autoencoder_kl_64x64x4_resi.yaml`, with `AutoencoderKLResi`'s two-line
-encode/decode around them) against our `decode_tiled` with the features of the encode pass, as the
-pipeline runs a one-window image. The official decoder imports BasicSR's RRDB; when BasicSR is not
-installed a stand-in built from `stablesr.models.rrdb` with plain concatenations (the published
-formula, no shared buffer) takes its place. Rows, each timed in interleaved rounds (median):
+`configs/autoencoder/autoencoder_kl_64x64x4_resi.yaml`; the 1x1 latent convolutions between them and
+the latent are plain Conv2d layers, ours serve both sides) against our `decode_tiled` with the
+features of the encode pass, as the pipeline runs a one-window image. The official decoder imports
+BasicSR's RRDB; when BasicSR is not installed a stand-in built from `stablesr.models.rrdb` with
+plain concatenations (the published formula, no shared buffer) takes its place.
+Rows, each timed in interleaved rounds (median):
 
 - official: the official modules as they are;
 - ours, torch kernels: our modules with torch's own linear layers (`cpu_kernels` off);
@@ -245,14 +246,13 @@ def build_decode(official, configs, args) -> Group:
     params = configs["cfw"]["model"]["params"]
     ddconfig, embed_dim = params["ddconfig"], params["embed_dim"]
     encoder = official["vae_encoder"](**ddconfig).eval().requires_grad_(False)
-    decoder = official["vae_decoder"](**ddconfig).eval().requires_grad_(False)
-    decoder.fusion_w = FIDELITY
-    quant_conv = torch.nn.Conv2d(2 * ddconfig["z_channels"], 2 * embed_dim, 1)
-    post_quant_conv = torch.nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
-    parts = {"encoder": encoder, "decoder": decoder, "quant_conv": quant_conv, "post_quant_conv": post_quant_conv}
+    decoder = official["vae_decoder"](**ddconfig, fusion_w=FIDELITY).eval().requires_grad_(False)
+    vae = CFWAutoencoderKL(**vae_config_from_ldm(ddconfig, embed_dim=embed_dim)).eval().requires_grad_(False)
+    # The official model's 1x1 latent convolutions are plain Conv2d layers: both sides use ours.
+    latent_convs = {"quant_conv": vae.quant_conv, "post_quant_conv": vae.post_quant_conv}
+    parts = {"encoder": encoder, "decoder": decoder, **latent_convs}
     randomise(*parts.values(), seed=args.seed + 2)
     state = {f"{name}.{key}": value for name, part in parts.items() for key, value in part.state_dict().items()}
-    vae = CFWAutoencoderKL(**vae_config_from_ldm(ddconfig, embed_dim=embed_dim)).eval().requires_grad_(False)
     vae.load_state_dict(convert_cfw(state), strict=True)
     del state
 
@@ -260,12 +260,12 @@ def build_decode(official, configs, args) -> Group:
     size = args.latent_size
     image = torch.rand(1, 3, size * 8, size * 8, generator=generator) * 2 - 1
     z = torch.randn(1, embed_dim, size, size, generator=generator)
-    official_features = encoder(image, return_fea=True)[1]  # AutoencoderKLResi.encode keeps these
+    official_features = encoder(image, return_fea=True)[1]  # the features the official encode pass returns
     our_features = vae.encode_with_features(image)[1]
     tile, overlap = UpscaleSettings().vae_decode_tiles(8)
 
-    def official_decode():  # AutoencoderKLResi.decode
-        return decoder(post_quant_conv(z), official_features)
+    def official_decode():  # the official decode: its Decoder_Mix after the latent 1x1 convolution
+        return decoder(vae.post_quant_conv(z), official_features)
 
     def our_decode():  # the pipeline's one-window decode, on the features of its encode pass
         return decode_tiled(vae, z, tile_size=tile, tile_overlap=overlap, cond_image=image, fidelity=FIDELITY,

@@ -62,26 +62,6 @@ def color_fix_banded(decoded: torch.Tensor, lr_up: torch.Tensor, method) -> torc
                          band_rows=color_fix_band_rows(decoded.shape[-1]))
 
 
-PAGE_BYTES = 4096
-
-
-@torch.no_grad()
-def make_resident(components) -> None:
-    """Read one value per memory page of every CPU weight, so that weights loaded lazily (safetensors files
-    are memory-mapped: a page is only read, and only counted in the process's memory, when first used)
-    are in memory now. The memory budget (`--max-memory`) subtracts what the process holds when it plans
-    the VAE tiles, before the first step; without this the UNet's weights were not counted then (measured:
-    2.1 GB resident of 5.7 GB, and a 1024 -> 4096 run with full-size weights peaked at 9.9 GB under an
-    8 GB budget). They would be read by the first step anyway."""
-    for component in components:
-        if not isinstance(component, torch.nn.Module):
-            continue
-        for tensor in (*component.parameters(), *component.buffers()):
-            if tensor.device.type == "cpu" and tensor.numel() and tensor.is_contiguous():
-                stride = max(1, PAGE_BYTES // tensor.element_size())
-                tensor.detach().reshape(-1)[::stride].float().sum()
-
-
 class SRPipeline(DiffusionPipeline):
     """A super-resolution pipeline with one frozen settings class (see the module docstring)."""
 
@@ -94,12 +74,13 @@ class SRPipeline(DiffusionPipeline):
         """diffusers' loader (offline: local files only; a bundled model's name such as "stablesr-nano" is its
         folder inside the package), plus the folder's `upscale_defaults.json` as `pipe.upscale_defaults`."""
         from stablesr.weights.bundled import resolve_model
+        from stablesr.weights.loading import make_resident
 
         folder = resolve_model(str(pretrained_model_name_or_path))
         kwargs.setdefault("local_files_only", True)
         pipe = super().from_pretrained(folder, *args, **kwargs)
         pipe.upscale_defaults = read_upscale_defaults(folder, cls.settings_class) if folder.is_dir() else {}
-        make_resident(pipe.components.values())
+        make_resident(pipe.components.values())  # so the memory budget sees memory-mapped weights
         return pipe
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
