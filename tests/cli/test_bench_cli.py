@@ -69,3 +69,37 @@ def test_bench_official_rrdb_stand_in_is_the_published_block(monkeypatch):
     with torch.no_grad():
         assert torch.equal(blocks(x), ours(x))
         assert not torch.equal(blocks(x), x)
+
+
+def test_bench_random_model_writes_a_loadable_seeded_folder_and_never_overwrites(tmp_path, capsys):
+    """The folder loads as a StableSRPipeline whose weights are exactly `build_random_pipeline(seed)`'s, a
+    different seed gives different weights, `stablesr upscale` runs on it, and an existing folder is refused
+    with nothing written."""
+    import torch
+    from PIL import Image
+
+    from stablesr.bench.random_model import build_random_pipeline
+    from stablesr.pipelines.stablesr import StableSRPipeline
+
+    folder = tmp_path / "random"
+    assert main(["bench", "random-model", "-o", str(folder), "--size", "tiny", "--seed", "3"]) == 0
+    assert f"wrote {folder} (tiny, seed 3" in capsys.readouterr().out
+    loaded = StableSRPipeline.from_pretrained(folder)
+    expected, other = build_random_pipeline("tiny", 3), build_random_pipeline("tiny", 4)
+    for name in ("unet", "sr_module", "vae", "prompt_embeds"):
+        ours, theirs = getattr(loaded, name).state_dict(), getattr(expected, name).state_dict()
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[key], theirs[key]) for key in ours), name
+    assert not torch.equal(loaded.unet.conv_in.weight, other.unet.conv_in.weight)
+    assert loaded.prompt_embeds.get("null").shape == (1, 77, 64)
+    assert [path.name for path in tmp_path.iterdir()] == ["random"]  # no staging folder left
+
+    Image.new("RGB", (16, 12), (90, 140, 200)).save(tmp_path / "lr.png")
+    assert main(["upscale", str(tmp_path / "lr.png"), "-o", str(tmp_path / "out"), "--model", str(folder),
+                 "--steps", "1", "--no-progress", "--device", "cpu"]) == 0
+    assert Image.open(tmp_path / "out" / "lr.png").size == (64, 48)
+
+    before = sorted(path.relative_to(folder) for path in folder.rglob("*"))
+    assert main(["bench", "random-model", "-o", str(folder), "--size", "tiny"]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert sorted(path.relative_to(folder) for path in folder.rglob("*")) == before

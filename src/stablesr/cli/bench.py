@@ -16,6 +16,7 @@ TARGETS = {
     "nano": ("stablesr.bench.nano", "the bundled model end to end vs Real-ESRGAN (time, peak memory)"),
     "official": ("stablesr.bench.official", "our step vs the official StableSR step (needs a checkout of it)"),
     "decode": ("stablesr.bench.decode", "VAE decode time and peak memory by output size and --max-memory budget"),
+    "random-model": ("stablesr.bench.random_model", "a model folder of random full-size weights (timing runs)"),
 }
 
 
