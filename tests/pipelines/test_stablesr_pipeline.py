@@ -308,3 +308,15 @@ def test_long_runs_pack_the_denoiser_weights_and_restore_them(lr_image, monkeypa
     packed_calls.clear()
     run(pipe, lr_image, num_inference_steps=steps - 1)  # a short run is not worth packing
     assert not packed_calls
+
+
+def test_the_heap_is_trimmed_once_before_the_decode_on_cpu(tiny_pipeline, lr_image, monkeypatch):
+    """The denoiser's freed working set must not stay resident under the decode (the budget does not count it)."""
+    import stablesr.models.cpu_kernels as cpu_kernels
+    import stablesr.pipelines.stablesr as module
+
+    events = []
+    monkeypatch.setattr(cpu_kernels, "release_free_memory", lambda: events.append("trim") or True)
+    monkeypatch.setattr(module, "decode_tiled", lambda *a, **k: events.append("decode") or decode_tiled(*a, **k))
+    run(tiny_pipeline, lr_image)
+    assert events == ["trim", "decode"]
