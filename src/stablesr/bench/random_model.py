@@ -5,8 +5,8 @@ their values, so a folder of random full-size weights (`--size sd21`: the SD 2.1
 module built from it, the CFW VAE; 4.2 GB of fp32 safetensors) reproduces a full-size run without
 the official checkpoints and without a download. The images it writes are noise. For example:
 
-    stablesr bench random-model -o /tmp/sd21-random
-    /usr/bin/time -v stablesr upscale lr1024.png -o out/ --model /tmp/sd21-random --steps 1 --max-memory 8GB
+    stablesr bench random-model -o rand-sd21
+    /usr/bin/time -v stablesr upscale lr1024.png -o out/ --model rand-sd21 --steps 1 --max-memory 8GB
 
 The folder is written next to DIR first and renamed into place, and an existing DIR is refused.
 """
