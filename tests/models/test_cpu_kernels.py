@@ -157,7 +157,7 @@ def test_packed_weights_pick_large_layers_refuse_autograd_and_restore_on_error()
     state = {key: value.clone() for key, value in model.state_dict().items()}
     small = 16 * 16 * 3 * 3 * 4  # bytes of model[2]'s weight: the only layer at least this large
     with packed_weights([model], min_bytes=small) as packed:
-        assert [layer for layer, _, _ in packed.layers] == [model[2]]
+        assert [layer for layer, *_ in packed.layers] == [model[2]]
     x = torch.randn(1, 8, 8, 8)
     with pytest.raises(RuntimeError, match="inference only"), packed_weights([model], min_bytes=0):
         model(x)  # autograd is on: a packed layer has no backward
