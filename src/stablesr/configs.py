@@ -140,6 +140,10 @@ def default_of(cls: type, name: str) -> Any:
     return f.default if f.default is not MISSING else None
 
 
+STREAM_WEIGHTS_HELP = ("hold about one layer's weights at a time: a model folder's memory-mapped weights go back to "
+                       "the OS page cache after each layer and are read back when used again (bit-identical "
+                       "results; lowest memory, slower steps; CPU)")
+
 def _positive(value) -> bool:
     return value > 0
 
@@ -201,6 +205,7 @@ class UpscaleSettings(TiledSettings):
     min_size: int | None = setting(None, "bicubic-upscale the input at least to this short side in pixels "
                                          "(default: one latent tile, tile size x 8)", group="tiles and memory",
                                    check=_positive, rule="must be >= 1")
+    stream_weights: bool = setting(False, STREAM_WEIGHTS_HELP, group="tiles and memory")
     start: Start = setting("lr", "x_T from the noised LR latent (as the official tile script) or pure noise")
     guidance_scale: float = setting(1.0, "classifier-free guidance scale (1 = off, as the official DDPM scripts)",
                                     check=lambda v: v >= 0, rule="must be >= 0")

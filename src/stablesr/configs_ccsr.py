@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from stablesr.configs import ColorFix, Start, TiledSettings, setting
+from stablesr.configs import STREAM_WEIGHTS_HELP, ColorFix, Start, TiledSettings, setting
 
 V2_PROMPT = "clean, high-resolution, 8k"  # test_ccsr_tile.py --added_prompt
 V2_NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
@@ -46,6 +46,7 @@ class CCSRSettings(TiledSettings):
     min_size: int | None = setting(None, "bicubic-upscale the input at least to this short side in pixels "
                                          "(default: one latent tile, tile size x 8)", group="tiles and memory",
                                    check=_positive, rule="must be >= 1")
+    stream_weights: bool = setting(False, STREAM_WEIGHTS_HELP, group="tiles and memory")
 
     start: Start | None = setting(None, "v2: x_T from the noised LR latent (default, as the official script) or "
                                         "pure noise; v1 always starts from noise")

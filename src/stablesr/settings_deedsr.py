@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from stablesr.configs import ColorFix, TiledSettings, setting
+from stablesr.configs import STREAM_WEIGHTS_HELP, ColorFix, TiledSettings, setting
 
 
 def _positive(value) -> bool:
@@ -40,6 +40,7 @@ class DeeDSRSettings(TiledSettings):
     min_size: int | None = setting(None, "bicubic-upscale the input at least to this short side in pixels "
                                          "(default: one latent tile, tile size x 8)", group="tiles and memory",
                                    check=_positive, rule="must be >= 1")
+    stream_weights: bool = setting(False, STREAM_WEIGHTS_HELP, group="tiles and memory")
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 

@@ -101,7 +101,8 @@ class Upscaler:
             realesrgan = RealESRGANUpscaler.from_path(realesrgan_weights, device=device)
         pipe = None
         if method != "realesrgan":
-            pipe = _load_pipeline(model, weights, method=method, base=base, trust_pickle=trust_pickle, dtype=dtype)
+            pipe = _load_pipeline(model, weights, method=method, base=base, trust_pickle=trust_pickle, dtype=dtype,
+                                  resident=not getattr(settings, "stream_weights", False))
             pipe.to(device)
             if vae_fp32:  # fp32 VAE: avoids black/NaN images and slow CPU bf16 convolutions
                 pipe.vae.to(dtype=torch.float32)
@@ -199,7 +200,7 @@ class Upscaler:
         return self.pipe(lr, self.settings, generator=generator, output_type="pt", progress=self.progress).images
 
 
-def _load_pipeline(model, weights, *, method, base, trust_pickle, dtype):
+def _load_pipeline(model, weights, *, method, base, trust_pickle, dtype, resident: bool = True):
     from stablesr.weights.loading import build_pipeline, load_pipeline
 
     if method != "stablesr":  # a model folder written by the method's trainer (no official weights to map)
@@ -213,9 +214,9 @@ def _load_pipeline(model, weights, *, method, base, trust_pickle, dtype):
         folder = resolve_model(model)
         if not (folder / "model_index.json").is_file():
             raise WeightsNotFoundError(f"model folder {folder} not found (no model_index.json there)")
-        return pipeline_class(method).from_pretrained(folder, dtype=dtype, local_files_only=True)
+        return pipeline_class(method).from_pretrained(folder, dtype=dtype, local_files_only=True, resident=resident)
     if model is not None:
-        return load_pipeline(model, torch_dtype=dtype)
+        return load_pipeline(model, torch_dtype=dtype, resident=resident)
     if weights:
         return build_pipeline(list(weights), base=base, trust_pickle=trust_pickle).to(dtype=dtype)
     raise WeightsNotFoundError(NO_MODEL_MESSAGE)

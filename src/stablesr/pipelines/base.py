@@ -72,15 +72,23 @@ class SRPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """diffusers' loader (offline: local files only; a bundled model's name such as "stablesr-nano" is its
-        folder inside the package), plus the folder's `upscale_defaults.json` as `pipe.upscale_defaults`."""
+        folder inside the package), plus the folder's `upscale_defaults.json` as `pipe.upscale_defaults`.
+
+        `resident` (default True): every memory-mapped weight page is read now, so that a memory budget
+        counts the weights; False hands them all back instead (for `stream_weights`: the process then holds
+        what a layer reads, when it reads it)."""
         from stablesr.weights.bundled import resolve_model
         from stablesr.weights.loading import make_resident
 
+        resident = kwargs.pop("resident", True)
         folder = resolve_model(str(pretrained_model_name_or_path))
         kwargs.setdefault("local_files_only", True)
         pipe = super().from_pretrained(folder, *args, **kwargs)
         pipe.upscale_defaults = read_upscale_defaults(folder, cls.settings_class) if folder.is_dir() else {}
-        make_resident(pipe.components.values())  # so the memory budget sees memory-mapped weights
+        if resident:
+            make_resident(pipe.components.values())  # so the memory budget sees memory-mapped weights
+        else:
+            pipe.drop_mapped_weights()
         return pipe
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
@@ -124,24 +132,38 @@ class SRPipeline(DiffusionPipeline):
         return sum(use_conv_linears(component, enable) for component in self.components.values()
                    if isinstance(component, torch.nn.Module))
 
-    def upscale_each(self, lr_images: list, upscale_one: Callable, *, hooked=None, steps: int = 0) -> list:
+    def upscale_each(self, lr_images: list, upscale_one: Callable, *, hooked=None, steps: int = 0,
+                     stream_weights: bool = False) -> list:
         """`upscale_one(lr)` for every image; then the hooks of `hooked` (a UNet wrapper) are removed, even on
         an error, and diffusers' offload hooks are reset. With the CPU kernels on and at least
         `PACK_MIN_STEPS` denoising `steps`, the large weights of the denoiser (every component but the VAE
-        and the text encoder) stay packed for oneDNN meanwhile (`cpu_kernels.packed_weights`)."""
+        and the text encoder) stay packed for oneDNN meanwhile (`cpu_kernels.packed_weights`). With
+        `stream_weights`, nothing is packed and every component's memory-mapped weights are handed back
+        after each layer instead (`stablesr.weights.pages.streamed_weights`)."""
         from stablesr.models.cpu_kernels import PACK_MIN_STEPS, packed_weights
+        from stablesr.weights.pages import streamed_weights
 
+        modules = [component for component in self.components.values() if isinstance(component, torch.nn.Module)]
         denoisers = []
-        if self.cpu_kernels and self.device.type == "cpu" and steps >= PACK_MIN_STEPS:
+        if self.cpu_kernels and self.device.type == "cpu" and steps >= PACK_MIN_STEPS and not stream_weights:
             denoisers = [component for name, component in self.components.items()
                          if isinstance(component, torch.nn.Module) and name not in ("vae", "text_encoder")]
         try:
-            with packed_weights(denoisers):
+            with packed_weights(denoisers), streamed_weights(modules if stream_weights else []):
                 return [upscale_one(lr) for lr in lr_images]
         finally:
             if hooked is not None:
                 hooked.remove_hooks()
             self.maybe_free_model_hooks()
+
+    def drop_mapped_weights(self, *, keep: tuple[str, ...] = ()) -> int:
+        """Hand the memory-mapped weight pages of every component but those named in `keep` back to the page
+        cache now (bytes advised; they are read back when used): before planning a streamed run, and on a
+        CPU before every decode, which needs none of the denoiser's weights."""
+        from stablesr.weights.pages import drop_mapped_weights
+
+        return drop_mapped_weights(component for name, component in self.components.items()
+                                   if isinstance(component, torch.nn.Module) and name not in keep)
 
     def complete_settings(self, settings: Settings) -> Settings:
         """Fill in and check the values that depend on this model (override in a method)."""
@@ -220,11 +242,14 @@ class SRPipeline(DiffusionPipeline):
         On a CPU the heap's free pages go back to the OS first: with the tuned allocator (no trimming) the
         denoiser's freed working set stayed resident and added to the decode's peak, which the budget
         planned from the memory held after loading (a full-size 1024 -> 4096 run under --max-memory 8GB:
-        4.9 GB after loading, 5.6 GB held through the decode, peak 8.0 GB against 7.5 GB planned)."""
+        4.9 GB after loading, 5.6 GB held through the decode, peak 8.0 GB against 7.5 GB planned).
+        The denoiser's memory-mapped weights go back to the page cache too (the next image reads them
+        back): a full-size 128 -> 512 upscale peaked in the decode, at 5.9 GB with them held."""
         if self.device.type == "cpu":
             from stablesr.models.cpu_kernels import release_free_memory
 
             release_free_memory()
+            self.drop_mapped_weights(keep=("vae",))
         dtype = self.vae.dtype
         if bit_depth is not None and self.can_stream(settings, pre):
             return self._decode_to_array(decode, lr_up, pre, settings.color_fix, bit_depth)

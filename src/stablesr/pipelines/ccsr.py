@@ -177,7 +177,8 @@ class CCSRPipeline(SRPipeline):
                                                                                     settings)
         return self.upscale_each(lr_images, lambda lr: self._upscale_one(
             lr, settings, tile_fn, first_tile_fn, noise_sampler=noise_sampler, callback=callback,
-            bit_depth=bit_depth), steps=settings.num_inference_steps)
+            bit_depth=bit_depth), steps=settings.num_inference_steps,
+            stream_weights=settings.stream_weights)
 
     def _upscale_one(self, lr: torch.Tensor, settings: CCSRSettings, tile_fn, first_tile_fn, *,
                      noise_sampler: NoiseSampler, callback, bit_depth: int | None = None) -> torch.Tensor:

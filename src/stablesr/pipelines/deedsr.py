@@ -110,7 +110,8 @@ class DeeDSRPipeline(SRPipeline):
         deedsr_unet = DeeDSRUNet(self.unet, self.adapter, self.degradation_learner)
         return self.upscale_each(lr_images, lambda lr: self._upscale_one(
             lr, settings, deedsr_unet, noise_sampler=noise_sampler, progress=progress, callback=callback,
-            bit_depth=bit_depth), hooked=deedsr_unet, steps=settings.num_inference_steps)
+            bit_depth=bit_depth), hooked=deedsr_unet, steps=settings.num_inference_steps,
+            stream_weights=settings.stream_weights)
 
     def _upscale_one(self, lr: torch.Tensor, settings: DeeDSRSettings, deedsr_unet: DeeDSRUNet, *,
                      noise_sampler: NoiseSampler, progress: bool, callback, bit_depth: int | None = None

@@ -43,13 +43,16 @@ from stablesr.sampling.schedules import betas_scaled_linear
 from stablesr.tiling.aggregation import TiledDenoiser
 from stablesr.tiling.budget import (
     Budget,
+    MemoryBudgetError,
     band_bytes,
     choose_tile,
     decoder_bytes_per_pixel,
     encoder_bytes_per_pixel,
+    format_bytes,
     tile_candidates,
 )
 from stablesr.tiling.vae import decode_tiled, encode_tiled
+from stablesr.weights.pages import mapped_bytes
 
 NoiseSampler = Callable[[torch.Tensor], torch.Tensor]
 
@@ -191,7 +194,8 @@ class StableSRPipeline(SRPipeline):
         sft_unet, tile_fn = self._denoiser(settings)
         return self.upscale_each(lr_images, lambda lr: self._upscale_one(
             lr, settings, tile_fn, noise_sampler=noise_sampler, progress=progress, callback=callback,
-            bit_depth=bit_depth), hooked=sft_unet, steps=settings.num_inference_steps)
+            bit_depth=bit_depth), hooked=sft_unet, steps=settings.num_inference_steps,
+            stream_weights=settings.stream_weights)
 
     def _denoiser(self, settings: UpscaleSettings) -> tuple[SFTUNet, Callable]:
         """Step 2: the prompt embeddings (cond = prompt; uncond = negative prompt, only with guidance) and the
@@ -281,9 +285,17 @@ class StableSRPipeline(SRPipeline):
             decode = decode_pixel * tile_h * tile_w + band_bytes(tile_h, up_w, 3, dtype.itemsize)
             return fixed(tile) + max(encode_pixel * tile_h * tile_w, decode)
 
+        if settings.stream_weights:  # the weights will be held a layer at a time: plan without them
+            self.drop_mapped_weights()
         budget = Budget.resolve(settings.max_memory, self.device)
         what = f"StableSR on {width}x{height} (upsampled to {up_w}x{up_h})"
-        if settings.vae_tile_size is not None:
-            return choose_tile(budget, cost=fixed, candidates=[settings.vae_tile_size], what=what)
-        candidates = tile_candidates(DEFAULT_VAE_TILE_SIZE, 64, 64)
-        return choose_tile(budget, cost=cost, candidates=candidates, what=what)
+        try:
+            if settings.vae_tile_size is not None:
+                return choose_tile(budget, cost=fixed, candidates=[settings.vae_tile_size], what=what)
+            return choose_tile(budget, cost=cost, candidates=tile_candidates(DEFAULT_VAE_TILE_SIZE, 64, 64), what=what)
+        except MemoryBudgetError as error:
+            mapped = 0 if settings.stream_weights or budget.total is None else mapped_bytes()
+            if mapped:
+                raise MemoryBudgetError(f"{error}; or use --stream-weights: {format_bytes(mapped)} of model weights "
+                                        "are held now, streamed they are held a layer at a time") from None
+            raise

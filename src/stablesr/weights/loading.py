@@ -281,8 +281,9 @@ def build_pipeline(checkpoints: list[str | Path], *, base: Base | str | None = N
                             cfw_trained=cfw_trained)
 
 
-def load_pipeline(model: str | Path, *, torch_dtype: torch.dtype = torch.float32):
-    """A converted folder or a bundled model's name -> StableSRPipeline (offline); clear error when absent."""
+def load_pipeline(model: str | Path, *, torch_dtype: torch.dtype = torch.float32, resident: bool = True):
+    """A converted folder or a bundled model's name -> StableSRPipeline (offline); clear error when absent.
+    `resident=False`: the memory-mapped weights are left out of memory until used (see `SRPipeline.from_pretrained`)."""
     from stablesr.pipelines.stablesr import StableSRPipeline
     from stablesr.weights.bundled import resolve_model
 
@@ -290,7 +291,7 @@ def load_pipeline(model: str | Path, *, torch_dtype: torch.dtype = torch.float32
     if not (folder / "model_index.json").is_file():
         raise WeightsNotFoundError(f"model folder {folder} not found (no model_index.json there). " + OBTAIN_HINT)
     check_model_folder(folder)
-    return StableSRPipeline.from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
+    return StableSRPipeline.from_pretrained(folder, dtype=torch_dtype, local_files_only=True, resident=resident)
 
 
 PAGE_BYTES = 4096
