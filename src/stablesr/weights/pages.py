@@ -33,6 +33,7 @@ from torch import nn
 
 PAGE = mmap.PAGESIZE
 MADV_DONTNEED = 4  # Linux (asm-generic/mman-common.h)
+MADV_POPULATE_READ = 22  # Linux 5.14+: map a range's pages in one call (older kernels: EINVAL, ignored)
 MODEL_SUFFIXES = (".safetensors",)  # the files whose mappings may be dropped
 
 
@@ -145,11 +146,19 @@ class MappedPages:
 
     def drop(self) -> int:
         """madvise(MADV_DONTNEED) every range; returns the bytes advised (0 where madvise is unavailable)."""
+        return self._advise(MADV_DONTNEED)
+
+    def populate(self) -> int:
+        """madvise(MADV_POPULATE_READ) every range: map the cached pages in one call per range instead of a
+        fault per few pages (bytes advised; 0 on kernels without it, where reads fault them in as usual)."""
+        return self._advise(MADV_POPULATE_READ)
+
+    def _advise(self, advice: int) -> int:
         if _MADVISE is None:
             return 0
         done = 0
         for start, end in self.ranges:
-            if _MADVISE(start, end - start, MADV_DONTNEED) == 0:
+            if _MADVISE(start, end - start, advice) == 0:
                 done += end - start
         return done
 
@@ -194,7 +203,9 @@ class streamed_weights:  # noqa: N801 (a context manager used like a function)
     Each hook drops every page of the streamed files, not only its layer's: a read fault on a file maps
     the cached pages around it too (fault-around, and whole large folios of the page cache), so a
     layer's reads map parts of its neighbours in passing. A drop over ranges that are mostly unmapped
-    costs a walk of their page tables: about 0.3 ms for the 4.4 GB of a full-size model (measured).
+    costs a walk of their page tables: 0.04 ms for the 3.5 GB file of a full-size UNet (measured).
+    Before its forward a layer maps its own pages in one call (`MappedPages.populate`), which is several
+    times faster than faulting them in a few pages at a time.
     """
 
     def __init__(self, modules: Iterable[nn.Module]) -> None:
@@ -207,11 +218,12 @@ class streamed_weights:  # noqa: N801 (a context manager used like a function)
         mappings = clean_mappings()
         if not mappings:
             return self
-        layers = [layer for module in self.modules for layer in module.modules()
-                  if MappedPages(module_tensors(layer, recurse=False), mappings)]
-        everything = MappedPages([tensor for layer in layers for tensor in module_tensors(layer, recurse=False)],
+        layers = [(layer, pages) for module in self.modules for layer in module.modules()
+                  if (pages := MappedPages(module_tensors(layer, recurse=False), mappings))]
+        everything = MappedPages([tensor for layer, _ in layers for tensor in module_tensors(layer, recurse=False)],
                                  mappings, whole_files=True)
-        for layer in layers:
+        for layer, pages in layers:
+            self.handles.append(layer.register_forward_pre_hook(_populator(pages)))
             self.handles.append(layer.register_forward_hook(_dropper(everything), always_call=True))
         self.layers, self.nbytes = len(layers), everything.nbytes
         everything.drop()  # start lean: nothing is held until a layer runs
@@ -221,6 +233,13 @@ class streamed_weights:  # noqa: N801 (a context manager used like a function)
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+
+
+def _populator(pages: MappedPages):
+    def hook(module, args):
+        pages.populate()
+
+    return hook
 
 
 def _dropper(pages: MappedPages):
