@@ -223,3 +223,10 @@ def test_the_decode_runs_without_the_denoisers_weight_pages(tiny_model_dir):
     pipe(torch.rand(1, 3, 24, 24), num_inference_steps=2, output_type="pt")
     assert mapped_bytes(mapping["unet"]) == 0 and mapped_bytes(mapping["sr_module"]) == 0
     assert mapped_bytes(mapping["vae"]) > 0
+
+
+def test_stream_weights_warns_when_nothing_is_mapped(tiny_pipeline):
+    """Weights built in memory (or converted to another dtype, or on a GPU) cannot be streamed: the run
+    goes on with them resident, and says so."""
+    with pytest.warns(UserWarning, match="no weights to stream"):
+        tiny_pipeline(torch.rand(1, 3, 16, 16), num_inference_steps=1, stream_weights=True, output_type="pt")

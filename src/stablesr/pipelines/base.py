@@ -9,6 +9,7 @@ hold `upscale_defaults.json` (a subset of the settings fields); `from_pretrained
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -149,7 +150,11 @@ class SRPipeline(DiffusionPipeline):
             denoisers = [component for name, component in self.components.items()
                          if isinstance(component, torch.nn.Module) and name not in ("vae", "text_encoder")]
         try:
-            with packed_weights(denoisers), streamed_weights(modules if stream_weights else []):
+            with packed_weights(denoisers), streamed_weights(modules if stream_weights else []) as streamed:
+                if stream_weights and not streamed.layers:
+                    warnings.warn("stream_weights: no weights to stream; only weights memory-mapped from a model "
+                                  "folder's safetensors on the CPU can be (not weights converted to another dtype, "
+                                  "on a GPU, or built in memory), so they stay resident", stacklevel=3)
                 return [upscale_one(lr) for lr in lr_images]
         finally:
             if hooked is not None:
