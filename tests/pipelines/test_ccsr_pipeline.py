@@ -1,5 +1,7 @@
 """CCSRPipeline on a tiny random model: the call equals its steps composed by hand, tiling, settings, save/load."""
 
+import warnings
+
 import pytest
 import torch
 from tiny_ccsr import make_tiny_ccsr_pipeline
@@ -86,6 +88,16 @@ def test_save_load_round_trip(pipe, tmp_path):
     for name in ("unet", "controlnet", "cond_encoder", "vae"):
         a, b = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    # the folder's weights are memory-mapped: streamed a layer at a time, the result is the same
+    lr = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    options = dict(num_inference_steps=6, output_type="pt", progress=False)
+    resident = loaded(lr, generator=torch.Generator().manual_seed(0), **options).images
+    streamed = CCSRPipeline.from_pretrained(tmp_path, resident=False)
+    streamed.set_progress_bar_config(disable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # there are weights to stream: no "nothing to stream" warning
+        again = streamed(lr, generator=torch.Generator().manual_seed(0), stream_weights=True, **options).images
+    assert torch.equal(resident, again)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,14 @@ def test_output_size_and_folder_round_trip(pipe, tmp_path):
     assert loaded.upscale_defaults == {"num_inference_steps": 3}
     again = loaded(lr, generator=torch.Generator().manual_seed(0), tile_size=8, tile_overlap=4).images
     assert torch.equal(out, again)
+    # the folder's weights are memory-mapped: streamed a layer at a time, the result is the same
+    streamed = DeeDSRPipeline.from_pretrained(tmp_path / "model", resident=False)
+    streamed.set_progress_bar_config(disable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # there are weights to stream: no "nothing to stream" warning
+        third = streamed(lr, generator=torch.Generator().manual_seed(0), tile_size=8, tile_overlap=4,
+                         stream_weights=True).images
+    assert torch.equal(out, third)
 
 
 def test_noise_guidance_makes_the_first_x0_estimate_the_lr_latent(pipe):
