@@ -84,6 +84,21 @@ def test_sampling_flags_are_accepted(tmp_path, tiny_model_dir, flag):
     assert main(args) == 0
 
 
+def test_stream_weights_gives_the_same_picture_and_warns_in_one_line_when_it_cannot(tmp_path, tiny_model_dir,
+                                                                                   capsys):
+    src = write_photo(tmp_path / "p.png", size=(24, 16))
+    common = ["upscale", str(src), "--model", str(tiny_model_dir), *FAST]
+    assert main([*common, "-o", str(tmp_path / "resident")]) == 0
+    assert main([*common, "-o", str(tmp_path / "streamed"), "--stream-weights"]) == 0
+    assert "no weights to stream" not in capsys.readouterr().err  # the folder's fp32 weights are mapped: they stream
+    resident, streamed = (np.asarray(Image.open(tmp_path / d / "p.png")) for d in ("resident", "streamed"))
+    assert np.array_equal(resident, streamed)
+    # converted to bf16 the weights are copies in memory: nothing to stream, and the user is told so
+    assert main([*common, "-o", str(tmp_path / "bf16"), "--stream-weights", "--dtype", "bf16"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: stream_weights: no weights to stream" in err and "UserWarning" not in err
+
+
 def test_bf16_runs_and_stays_close_to_fp32(tmp_path, tiny_model_dir):
     src = write_photo(tmp_path / "p.png", size=(24, 16))
     for dtype in ("fp32", "bf16"):

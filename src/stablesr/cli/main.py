@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 COMMANDS = {
     "upscale": ("stablesr.cli.upscale", "Super-resolve images or folders."),
@@ -47,6 +48,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return parser, add_subcommands(subparsers, COMMANDS)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, modules = build_parser()
     args = parser.parse_args(argv)
@@ -67,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "tune_allocator", True):
         tune_cpu_allocator()  # this process is ours: keep freed activations for reuse (STABLESR_MALLOC_TUNING=0: off)
     try:
-        return int(modules[args.command].run(args) or 0)
+        with warnings.catch_warnings():  # a warning is one line for the user too (restored on return)
+            warnings.showwarning = _show_warning
+            return int(modules[args.command].run(args) or 0)
     except StableSRError as error:  # one clear line for the user, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
