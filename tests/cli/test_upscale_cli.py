@@ -1,11 +1,13 @@
 """`stablesr upscale` end to end on a tiny random model folder (real components, CPU)."""
 
 
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from stablesr.cli.main import main
+from stablesr.cli.main import format_warning, main
 
 FAST = ["--steps", "2", "--tile-size", "16", "--tile-overlap", "8", "--no-progress"]
 
@@ -93,10 +95,14 @@ def test_stream_weights_gives_the_same_picture_and_warns_in_one_line_when_it_can
     assert "no weights to stream" not in capsys.readouterr().err  # the folder's fp32 weights are mapped: they stream
     resident, streamed = (np.asarray(Image.open(tmp_path / d / "p.png")) for d in ("resident", "streamed"))
     assert np.array_equal(resident, streamed)
-    # converted to bf16 the weights are copies in memory: nothing to stream, and the user is told so
-    assert main([*common, "-o", str(tmp_path / "bf16"), "--stream-weights", "--dtype", "bf16"]) == 0
-    err = capsys.readouterr().err
-    assert "warning: stream_weights: no weights to stream" in err and "UserWarning" not in err
+    # converted to bf16 the weights are copies in memory: nothing to stream, and the user is told so, in
+    # one line on the command line
+    with pytest.warns(UserWarning, match="no weights to stream") as caught:
+        assert main([*common, "-o", str(tmp_path / "bf16"), "--stream-weights", "--dtype", "bf16"]) == 0
+    (warning,) = [w for w in caught if "no weights to stream" in str(w.message)]
+    line = format_warning(warning.message, warning.category, warning.filename, warning.lineno)
+    assert line.startswith("warning: stream_weights: no weights to stream") and line.count("\n") == 1
+    assert warnings.formatwarning is not format_warning  # main() restored Python's own
 
 
 def test_bf16_runs_and_stays_close_to_fp32(tmp_path, tiny_model_dir):

@@ -48,8 +48,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return parser, add_subcommands(subparsers, COMMANDS)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {message}", file=sys.stderr if file is None else file)
+def format_warning(message, category, filename, lineno, line=None) -> str:
+    """A Python warning as the command line prints it: one 'warning: ...' line, no file:line and category."""
+    return f"warning: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,16 +72,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if getattr(args, "tune_allocator", True):
         tune_cpu_allocator()  # this process is ours: keep freed activations for reuse (STABLESR_MALLOC_TUNING=0: off)
+    formatwarning, warnings.formatwarning = warnings.formatwarning, format_warning  # one line (restored below)
     try:
-        with warnings.catch_warnings():  # a warning is one line for the user too (restored on return)
-            warnings.showwarning = _show_warning
-            return int(modules[args.command].run(args) or 0)
+        return int(modules[args.command].run(args) or 0)
     except StableSRError as error:  # one clear line for the user, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":
