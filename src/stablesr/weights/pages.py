@@ -22,11 +22,10 @@ dropped and everything stays as it was.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -46,17 +45,19 @@ class FileMapping:
     end: int
     path: str
     anonymous_kb: int = 0
+    rss_kb: int = field(default=0, compare=False)  # resident kB when read (changes; not part of identity)
 
     def holds(self, address: int) -> bool:
         return self.start <= address < self.end
 
 
 def file_mappings(suffixes: tuple[str, ...] = MODEL_SUFFIXES) -> list[FileMapping]:
-    """The private mappings of files ending in `suffixes` (from /proc/self/smaps); [] off Linux."""
+    """The private mappings of files ending in `suffixes`, with their resident and written kB (from
+    /proc/self/smaps, read once); [] off Linux."""
     if not sys.platform.startswith("linux"):
         return []
     mappings: list[FileMapping] = []
-    current = None
+    current: dict | None = None
     try:
         with open("/proc/self/smaps") as smaps:
             for line in smaps:
@@ -65,10 +66,11 @@ def file_mappings(suffixes: tuple[str, ...] = MODEL_SUFFIXES) -> list[FileMappin
                     current = None
                     if len(head) == 6 and head[1].endswith("p") and head[5].rstrip().endswith(suffixes):
                         start, end = (int(part, 16) for part in head[0].split("-"))
-                        current = FileMapping(start, end, head[5].rstrip())
-                        mappings.append(current)
-                elif current is not None and line.startswith("Anonymous:"):
-                    mappings[-1] = FileMapping(current.start, current.end, current.path, int(line.split()[1]))
+                        current = {"start": start, "end": end, "path": head[5].rstrip()}
+                elif current is not None and line.startswith("Rss:"):
+                    current["rss_kb"] = int(line.split()[1])
+                elif current is not None and line.startswith("Anonymous:"):  # after Rss in every kernel's smaps
+                    mappings.append(FileMapping(**current, anonymous_kb=int(line.split()[1])))
                     current = None
     except OSError:
         return []
@@ -81,32 +83,18 @@ def clean_mappings() -> list[FileMapping]:
 
 
 def mapped_bytes(mappings: Iterable[FileMapping] | None = None) -> int:
-    """How many bytes of the model-file mappings this process holds now (their `Rss`; 0 off Linux)."""
+    """How many bytes of the model-file mappings (all, or those of `mappings`) this process holds now
+    (their `Rss`; 0 off Linux)."""
     wanted = None if mappings is None else {(m.start, m.end) for m in mappings}
-    total = 0
-    try:
-        with open("/proc/self/smaps") as smaps:
-            counting = False
-            for line in smaps:
-                head = line.split(maxsplit=5)
-                if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):
-                    counting = False
-                    if len(head) == 6 and head[5].rstrip().endswith(MODEL_SUFFIXES):
-                        span = tuple(int(part, 16) for part in head[0].split("-"))
-                        counting = wanted is None or span in wanted
-                elif counting and line.startswith("Rss:"):
-                    total += int(line.split()[1]) * 1024
-    except OSError:
-        return 0
-    return total
+    return sum(m.rss_kb * 1024 for m in file_mappings() if wanted is None or (m.start, m.end) in wanted)
 
 
 def _madvise():
-    try:
-        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    function.argtypes, function.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    from stablesr.models.cpu_kernels import _libc_function
+
+    function = _libc_function("madvise")
+    if function is not None:
+        function.argtypes, function.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
     return function
 
 
